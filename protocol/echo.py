@@ -1,4 +1,4 @@
-"""A small real service for protocol tests: `python -m tests.echo_service --bind ... --backend echo`.
+"""An echo service: a real mesh service for protocol tests, benchmarks and other-language clients.
 
 Ops: echo (returns its body, arrays included), sleep {seconds}, fail {code, message},
 typed {n: int, name: str, tags: list[str] | None} (schema validation), count (side effect).
