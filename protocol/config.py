@@ -78,8 +78,9 @@ class ServiceConfig:
                 curve_server_key=self.curve.public_key,
                 curve_client_secret=self.curve.client_secret_key,
             )
+        endpoints = list(overrides.pop("endpoints", self.endpoints))
         kw.update(overrides)
-        return Client(list(self.endpoints), name=self.name, **kw)
+        return Client(endpoints, name=self.name, **kw)
 
 
 @dataclass(frozen=True)

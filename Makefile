@@ -1,0 +1,89 @@
+# The mask-labelling mesh. `make demo` and `make test` work on a machine with only
+# Python 3.11, pip and gcc: environments are built on first use (uv, under .venvs/).
+#
+#   make demo                     whole mesh end to end on generated data (no GPU, no weights)
+#   make test                     the test suite (+ the SAM2 CPU test in the sam2 environment)
+#   make up / down / status / logs
+#   make up SERVICES="sam vlm"    start a subset (e.g. on a GPU host); BIND=tcp://0.0.0.0:5552
+#   make env SERVICE=sam BACKEND=sam2    build a heavy environment on request
+#   make bench-protocol | bench-reader | bench-sam | bench-pipeline
+
+SHELL := /bin/bash
+PYTHON ?= python3
+SERVICES_CONFIG ?= configs/services.yaml
+export SERVICES_CONFIG
+CLI_PY := .venvs/cli/bin/python
+TEST_PY := .venvs/test/bin/python
+SAM2_PY := .venvs/sam-sam2/bin/python
+DEMO_DATA ?= data/demo
+DEMO_OUT ?= out/demo
+PYTEST_ARGS ?=
+
+.PHONY: help env cli-env test-env up down status logs demo demo-data test test-fast test-sam2 \
+        test-reliability bench-protocol bench-reader bench-sam bench-pipeline lint clean
+
+help:
+	@sed -n '1,12p' Makefile | sed 's/^# \{0,1\}//'
+
+# -- environments -------------------------------------------------------------------------
+cli-env:
+	@$(PYTHON) tools/envs.py cli orchestrator/requirements.txt tools/requirements.txt
+
+test-env:
+	@$(PYTHON) tools/envs.py test tests/requirements.txt
+
+env: cli-env
+	@test -n "$(SERVICE)" || { echo "usage: make env SERVICE=sam BACKEND=sam2"; exit 2; }
+	@$(CLI_PY) -m tools.launch env $(SERVICE) $(BACKEND)
+
+# -- services -----------------------------------------------------------------------------
+up: cli-env
+	@$(CLI_PY) -m tools.launch up
+
+down: cli-env
+	@$(CLI_PY) -m tools.launch down
+
+status: cli-env
+	@$(CLI_PY) -m tools.launch status
+
+logs: cli-env
+	@$(CLI_PY) -m tools.launch logs
+
+# -- demo -----------------------------------------------------------------------------------
+demo-data: cli-env
+	@$(CLI_PY) -m tools.demo_data --out $(DEMO_DATA) --seed 0
+
+demo: cli-env
+	@$(CLI_PY) -m tools.demo --data $(DEMO_DATA) --out $(DEMO_OUT)
+
+# -- tests ----------------------------------------------------------------------------------
+test: test-fast test-sam2
+
+test-fast: test-env
+	$(TEST_PY) -m pytest -q -m "not sam2 and not reliability" $(PYTEST_ARGS)
+
+test-sam2: cli-env
+	@$(CLI_PY) -m tools.launch env sam sam2
+	$(SAM2_PY) -m pytest -q -m sam2 tests $(PYTEST_ARGS)
+
+test-reliability: test-env
+	$(TEST_PY) -m pytest -q -m reliability tests/reliability $(PYTEST_ARGS)
+
+lint: test-env
+	.venvs/test/bin/ruff check . && .venvs/test/bin/ruff format --check .
+
+# -- benchmarks (figures in README.md come from these) --------------------------------------
+bench-protocol: test-env
+	$(TEST_PY) -m bench.bench_protocol
+
+bench-reader: test-env
+	$(TEST_PY) -m bench.bench_reader
+
+bench-sam: test-env demo-data
+	$(TEST_PY) -m bench.bench_sam --data $(DEMO_DATA)
+
+bench-pipeline: test-env
+	$(TEST_PY) -m bench.bench_pipeline
+
+clean:
+	rm -rf .run out data/demo .pytest_cache
