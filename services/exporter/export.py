@@ -1,0 +1,370 @@
+"""One export folder: create or resume it, hold masks, write episodes atomically.
+
+Atomicity: an episode counts as done only when done/<episode:04d>.json exists; that marker
+is written (temp + fsync + rename) after every output of the episode is in place (each
+written to a temp name and renamed). A killed run leaves temps (swept on the next open) and
+maybe renamed outputs of an unmarked episode, which the re-run rewrites.
+
+Usage:
+    exp = Export.open("/data/out", "/data/pick.zarr", "camera0_rgb", ["rgbm", "npz"], {}, budget)
+    exp.put_masks(episode=0, start=0, obj_ids=[1], masks=bits, width=640)
+    exp.finish_episode(episode=0, roles={"target": 1}, meta={})
+    exp.close()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.exporter.buffer import ZarrOut
+from services.exporter.episode import EpisodeJob, Writer, run_episode
+from services.exporter.errors import ExportError, bad, os_error
+from services.exporter.fsutil import OutputLock, atomic_write_json, sweep_temps
+from services.exporter.held import HeldEpisode
+from services.exporter.layout import MANIFEST_FORMAT, MANIFEST_VERSION, Layout
+from services.exporter.masks_out import ARM_ROLES, FORMULA, GRIPPER_ROLES, ArmOnlyWriter, NpzWriter
+from services.exporter.options import ROLES, ExportOptions, parse_outputs
+from services.exporter.preview import PreviewWriter
+from services.exporter.rgbm_out import RgbmWriter, create_rgbm_buffer, rgbm_arrays
+from services.exporter.source import SourceBuffer
+from services.exporter.ytvis import YtvisWriter, combine
+
+log = logging.getLogger(__name__)
+MARKER_RE = re.compile(r"^(\d{4,})\.json$")
+
+
+class MemoryBudget:
+    """Bytes of packed masks held across all exports of a process."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int) -> None:
+        with self._lock:
+            if self.used + n > self.max_bytes:
+                raise ExportError(
+                    "overloaded",
+                    f"held masks would reach {(self.used + n) >> 20} MiB > max_held_mb="
+                    f"{self.max_bytes >> 20}; finish or discard episodes first, or raise max_held_mb",
+                )
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+
+def read_done(layout: Layout) -> list[int]:
+    """Episodes with a done marker (markers are written atomically, so each is complete)."""
+    if not layout.done_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for n in os.listdir(layout.done_dir) if (m := MARKER_RE.match(n)))
+
+
+def read_status(output: str) -> dict[str, Any]:
+    """status op: done episodes of an export folder, without opening it."""
+    layout = Layout(Path(output).expanduser().resolve())
+    if not layout.root.exists():
+        return {"done": [], "n_episodes": None, "exists": False}
+    if not layout.manifest.exists():
+        raise bad(f"output: {layout.root} has no export.json; it is not an export folder")
+    manifest = json.loads(layout.manifest.read_text())
+    return {
+        "done": read_done(layout),
+        "n_episodes": manifest["source"]["n_episodes"],
+        "exists": True,
+    }
+
+
+class Export:
+    """An open export; thread-safe (ops may run on several worker threads)."""
+
+    def __init__(self, layout: Layout, source: SourceBuffer, camera_key: str,
+                 outputs: tuple[str, ...], options: ExportOptions, budget: MemoryBudget,
+                 lock: OutputLock) -> None:  # fmt: skip
+        self.id = uuid.uuid4().hex[:12]
+        self.layout = layout
+        self.source = source
+        self.camera_key = camera_key
+        self.outputs = outputs
+        self.options = options
+        self.height, self.width = source.check_camera(camera_key)
+        self.budget = budget
+        self._out_lock = lock
+        self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)  # notified when a finish ends
+        self._held: dict[int, HeldEpisode] = {}
+        self._finishing: set[int] = set()
+        self.rgbm: ZarrOut | None = None
+        self.arm_zarr: ZarrOut | None = None
+        self.done: set[int] = set(read_done(layout))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"camera_key": self.camera_key, "outputs": list(self.outputs),
+                "options": self.options.output_settings()}  # fmt: skip
+
+    @classmethod
+    def open(cls, output: str, source: str, camera_key: str, outputs: list[str],
+             options: dict[str, Any] | None, budget: MemoryBudget) -> Export:  # fmt: skip
+        """Create a new export folder or resume one made from the same source and settings."""
+        outs = parse_outputs(outputs)
+        opts = ExportOptions.from_dict(options)
+        src = SourceBuffer.open(source)
+        layout = Layout(Path(output).expanduser().resolve())
+        lock = OutputLock(layout.root)
+        try:
+            src.check_camera(camera_key)
+            if "rgbm" in outs:
+                rgbm_arrays(src, camera_key, opts)  # validates rgbm_key before creating anything
+            if layout.root.exists() and not layout.root.is_dir():
+                raise bad(f"output: {layout.root} is a file; pass a folder (created if missing)")
+            try:
+                layout.root.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
+            except OSError as exc:
+                raise os_error(exc, "output") from exc
+            exp = cls(layout, src, camera_key, outs, opts, budget, lock)
+            try:
+                exp._create_or_check()
+            except OSError as exc:
+                raise os_error(exc, "output") from exc
+        except BaseException:
+            lock.release()
+            src.close()
+            raise
+        log.info("export %s: %s -> %s outputs=%s done=%d/%d", exp.id, src.path, layout.root,
+                 ",".join(outs), len(exp.done), src.n_episodes)  # fmt: skip
+        return exp
+
+    def _create_or_check(self) -> None:
+        lay = self.layout
+        manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+                    "source": self.source.describe(), "height": self.height, "width": self.width,
+                    **self.config}  # fmt: skip
+        if lay.manifest.exists():
+            self._check_manifest(json.loads(lay.manifest.read_text()), manifest)
+        else:
+            stray = sorted(
+                n for n in os.listdir(lay.root) if n != ".lock" and not n.startswith(".tmp-")
+            )
+            if stray:
+                raise bad(
+                    f"output: {lay.root} is not empty ({', '.join(stray[:5])}) and has no "
+                    "export.json; choose a new or empty folder"
+                )
+            atomic_write_json(lay.manifest, manifest, self.options.fsync)
+        sweep_temps(lay.folders(), [lay.rgbm_zarr, lay.arm_only_zarr])
+        lay.done_dir.mkdir(exist_ok=True)
+        fsync = self.options.fsync
+        if "rgbm" in self.outputs:
+            if not lay.rgbm_zarr.exists():
+                create_rgbm_buffer(lay.rgbm_zarr, self.source, self.camera_key, self.options)
+            self.rgbm = ZarrOut(lay.rgbm_zarr, fsync)
+            arrays = rgbm_arrays(self.source, self.camera_key, self.options)
+            self.rgbm.check_layout({k: (s, d) for k, (s, d, _a) in arrays.items()})
+        if "arm_only" in self.outputs and self.options.arm_only_zarr:
+            shape = (self.source.n_frames, self.height, self.width)
+            if not lay.arm_only_zarr.exists():
+                attrs = {"mask_values": [0, 255], "formula": FORMULA,
+                         "dilation_radius": self.options.dilation_radius,
+                         "source": {**self.source.describe(), "camera_key": self.camera_key}}  # fmt: skip
+                meta = {"episode_ends": self.source.episode_ends}
+                ZarrOut.create(lay.arm_only_zarr, {"arm_only_mask": (shape, np.uint8, attrs)},
+                               meta, self.options.codec(), self.options.chunk_bytes, fsync)  # fmt: skip
+            self.arm_zarr = ZarrOut(lay.arm_only_zarr, fsync)
+            self.arm_zarr.check_layout({"arm_only_mask": (shape, np.uint8)})
+
+    def _check_manifest(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        root = self.layout.root
+        if old.get("format") != MANIFEST_FORMAT or old.get("version") != MANIFEST_VERSION:
+            raise bad(
+                f"output: {root}/export.json is not a version-{MANIFEST_VERSION} export manifest"
+            )
+        was, now = old["source"], new["source"]
+        if was["fingerprint"] != now["fingerprint"] or was["path"] != now["path"]:
+            raise bad(
+                f"output: {root} was exported from another source ({was['path']}, fingerprint "
+                f"{was['fingerprint'][:12]}), not {now['path']} ({now['fingerprint'][:12]}); "
+                "use a new output folder, or the original source"
+            )
+        diffs = [f"{k}: was {old.get(k)!r}, now {new[k]!r}"
+                 for k in ("camera_key", "outputs") if old.get(k) != new[k]]  # fmt: skip
+        diffs += [f"options.{k}: was {v!r}, now {new['options'].get(k)!r}"
+                  for k, v in old.get("options", {}).items() if new["options"].get(k) != v]  # fmt: skip
+        if diffs:
+            raise bad(
+                f"output: {root} was started with other settings ({'; '.join(diffs)}); "
+                "resume with the same settings or use a new output folder"
+            )
+
+    # ---- ops -------------------------------------------------------------------------------
+
+    def put_masks(self, episode: int, start: int, obj_ids: list[int], masks: np.ndarray,
+                  width: int) -> int:  # fmt: skip
+        ep_start, ep_stop = self.source.episode_range(episode)
+        with self._lock:
+            if episode in self.done:
+                raise bad(f"episode: {episode} is already exported (done); skip it on a re-run")
+            if episode in self._finishing:
+                raise bad(f"episode: {episode} is being finished; wait for finish_episode")
+            held = self._held.get(episode)
+            if held is None:
+                held = HeldEpisode(ep_stop - ep_start, self.height, self.width)
+            new = [o for o in dict.fromkeys(obj_ids) if o not in held.obj_ids]
+            grow = held.bytes_for(len(new))
+            self.budget.reserve(grow)
+            try:
+                received = held.put(start, obj_ids, masks, width)
+            except BaseException:
+                self.budget.release(grow)
+                raise
+            self._held[episode] = held
+            return received
+
+    def discard(self, episode: int) -> bool:
+        """Drop the masks held for an episode (e.g. before re-sending after a SAM failure)."""
+        with self._lock:
+            if episode in self._finishing:
+                raise bad(f"episode: {episode} is being finished; wait for finish_episode")
+            held = self._held.pop(episode, None)
+        if held is not None:
+            self.budget.release(held.nbytes)
+        return held is not None
+
+    def finish_episode(
+        self, episode: int, roles: dict[str, int], meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write every output of the episode, then its done marker. Idempotent once done."""
+        ep_start, ep_stop = self.source.episode_range(episode)
+        with self._lock:
+            while episode in self._finishing:  # a retry of a slow call: wait for its result
+                self._finished.wait()
+            if episode in self.done:
+                held = self._held.pop(episode, None)
+                if held is not None:
+                    self.budget.release(held.nbytes)
+                marker = json.loads(self.layout.marker(episode).read_text())
+                return {"episode": episode, "outputs": self._absolute(marker["outputs"])}
+            held = self._held.get(episode)
+            if held is None:
+                raise bad(f"episode: {episode} has no masks; send put_masks before finish_episode")
+            self._finishing.add(episode)
+        try:
+            self._check_roles(episode, held, roles)
+            try:
+                json.dumps(meta)
+            except (TypeError, ValueError) as exc:
+                raise bad(f"meta: must be JSON-serialisable ({exc})") from exc
+            job = EpisodeJob(episode, ep_start, ep_stop, self.height, self.width, held,
+                             dict(roles), self.options, self.layout, dict(meta))  # fmt: skip
+            try:
+                outputs = run_episode(
+                    job, self._writers(), self.source, self.camera_key, self._align()
+                )
+                relative = {k: os.path.relpath(v, self.layout.root) for k, v in outputs.items()}
+                marker = {"episode": episode, "start": ep_start, "stop": ep_stop, "roles": job.roles,
+                          "obj_ids": held.obj_ids, "meta": job.meta, "outputs": relative}  # fmt: skip
+                atomic_write_json(self.layout.marker(episode), marker, self.options.fsync)
+            except OSError as exc:
+                raise os_error(exc, f"finish_episode (episode {episode})") from exc
+            with self._lock:
+                self.done.add(episode)
+                self._held.pop(episode, None)
+                all_done = len(self.done) == self.source.n_episodes
+            self.budget.release(held.nbytes)
+            if all_done and "ytvis" in self.outputs:
+                self.combine_ytvis()
+            log.info("episode %d exported (%d frames)", episode, ep_stop - ep_start)
+            return {"episode": episode, "outputs": outputs}
+        finally:
+            with self._lock:
+                self._finishing.discard(episode)
+                self._finished.notify_all()
+
+    def _check_roles(self, episode: int, held: HeldEpisode, roles: dict[str, int]) -> None:
+        for role, obj in roles.items():
+            if role not in ROLES:
+                raise bad(f"roles: unknown role {role!r}; valid roles: {', '.join(ROLES)}")
+            if obj not in held.obj_ids:
+                raise bad(f"roles.{role}: obj_id {obj} has no masks in episode {episode} "
+                          f"(held obj_ids: {held.obj_ids})")  # fmt: skip
+        for obj, frame in held.missing().items():
+            raise bad(f"masks: obj_id {obj} of episode {episode} has no mask for frame {frame} "
+                      f"(and maybe later ones); send every frame with put_masks")  # fmt: skip
+        if "rgbm" in self.outputs and "target" not in roles:
+            raise bad("roles.target: missing; the rgbm output needs roles['target'] = obj_id")
+        if "arm_only" in self.outputs:
+            if not any(r in roles for r in ARM_ROLES):
+                raise bad("roles.arm_left/arm_right: missing; the arm_only output needs an arm")
+            grippers = [r for r in GRIPPER_ROLES if r in roles]
+            if not grippers:
+                raise bad("roles.gripper_left/gripper_right: missing; arm_only subtracts the "
+                          "grippers - prompt them (stage B) and name them in roles")  # fmt: skip
+            if self.options.require_gripper_mask and not any(
+                held.any_pixels(roles[r]) for r in grippers
+            ):
+                raise bad(f"roles.{grippers[0]}: the gripper masks of episode {episode} are empty "
+                          "(stage B produced no gripper mask); re-prompt the grippers, or set "
+                          "options.require_gripper_mask=false")  # fmt: skip
+
+    def _writers(self) -> list[Writer]:
+        writers: list[Writer] = []
+        if "rgbm" in self.outputs:
+            writers.append(RgbmWriter(self.rgbm, self.source, self.camera_key, self.options))
+        if "arm_only" in self.outputs:
+            writers.append(ArmOnlyWriter(self.arm_zarr))
+        if "npz" in self.outputs:
+            writers.append(NpzWriter())
+        if "preview" in self.outputs:
+            writers.append(PreviewWriter())
+        if "ytvis" in self.outputs:
+            writers.append(YtvisWriter())
+        return writers
+
+    def _align(self) -> int:
+        """Blocks line up with the time chunks of the rgbm (or arm_only) array."""
+        for buf, key in ((self.rgbm, self.options.rgbm_key), (self.arm_zarr, "arm_only_mask")):
+            if buf is not None:
+                return int(buf.array(key).chunks[0])
+        return 1
+
+    def _absolute(self, outputs: dict[str, str]) -> dict[str, str]:
+        return {k: str((self.layout.root / v).resolve()) for k, v in outputs.items()}
+
+    def combine_ytvis(self) -> None:
+        with self._lock:
+            done = sorted(self.done)
+        try:
+            combine(self.layout, done, self.options.fsync)
+        except OSError as exc:
+            raise os_error(exc, "ytvis annotations.json") from exc
+
+    def close(self) -> None:
+        """Write ytvis/annotations.json, drop held masks, release the folder lock."""
+        try:
+            if "ytvis" in self.outputs:
+                self.combine_ytvis()
+        finally:
+            with self._lock:
+                dropped = list(self._held)
+                nbytes = sum(h.nbytes for h in self._held.values())
+                self._held.clear()
+            self.budget.release(nbytes)
+            if dropped:
+                log.warning(
+                    "export %s closed with unfinished episodes %s (masks dropped)", self.id, dropped
+                )
+            self._out_lock.release()
+            self.source.close()

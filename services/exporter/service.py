@@ -1,0 +1,155 @@
+"""The exporter service: ops over the mesh protocol in front of the export library.
+
+Ops (all idempotent; see README.md for fields, shapes and dtypes):
+    open_export {output, source, camera_key, outputs, options} -> {export, done, n_episodes}
+    put_masks {export, episode, start, obj_ids, masks (n_obj, n, H, W8) uint8, width} -> {received}
+    finish_episode {export, episode, roles, meta} -> {episode, outputs}
+    discard_episode {export, episode} -> {discarded}
+    status {output} -> {done, n_episodes, exists}
+    close_export {export} -> {}
+
+Usage:
+    python -m services.exporter --backend local --option max_held_mb=2048
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from protocol import errors as perr
+from protocol.schema import message
+from protocol.server import Service
+from services.exporter import __version__
+from services.exporter.errors import ExportError
+from services.exporter.export import read_status
+from services.exporter.options import OUTPUTS, ROLES, ExportOptions
+from services.exporter.registry import Registry
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("local",)  # writes to the local filesystem (run the exporter where the data lives)
+SERVICE_OPTIONS = {
+    "max_held_mb": 4096,  # packed masks held across episodes before put_masks answers overloaded
+    "workers": 2,  # handler threads: put_masks of the next episode runs beside a finish
+}
+_ERRORS = {"bad_request": perr.BadRequest, "not_found": perr.NotFound,
+           "overloaded": perr.Overloaded, "internal": perr.Internal}  # fmt: skip
+
+
+@message
+class OpenExportReq:
+    output: str  # export folder (created if missing)
+    source: str  # source replay buffer (.zarr folder or .zarr.zip)
+    camera_key: str  # data/<camera_key> (N, H, W, 3) uint8 RGB
+    outputs: list[str]  # subset of rgbm, arm_only, npz, preview, ytvis
+    options: dict | None = None  # ExportOptions; unknown keys are refused
+
+
+@message
+class PutMasksReq:
+    export: str
+    episode: int
+    start: int  # episode-relative index of the first frame in `masks`
+    obj_ids: list[int]
+    masks: np.ndarray  # (n_obj, n, H, ceil(W/8)) uint8, protocol.masks.pack
+    width: int  # W
+
+
+@message
+class FinishEpisodeReq:
+    export: str
+    episode: int
+    roles: dict[str, int]  # role -> obj_id; roles: target, arm_left, arm_right, gripper_*
+    meta: dict | None = None  # JSON-able, recorded in the episode's done marker
+
+
+@message
+class EpisodeReq:
+    export: str
+    episode: int
+
+
+@message
+class StatusReq:
+    output: str
+
+
+@message
+class ExportReq:
+    export: str
+
+
+def _wire_errors(fn: Callable[..., dict]) -> Callable[..., dict]:
+    """Library ExportError -> the protocol error with the same code."""
+
+    @functools.wraps(fn)
+    def wrapper(req: Any) -> dict:
+        try:
+            return fn(req)
+        except ExportError as exc:
+            raise _ERRORS[exc.code](exc.message) from exc
+
+    return wrapper
+
+
+def build_service(backend: str, options: dict) -> Service:
+    """Build the exporter service; unknown backends and options are refused by name."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: {backend!r} is unknown; valid backends: {', '.join(BACKENDS)}")
+    for key in options:
+        if key not in SERVICE_OPTIONS:
+            raise ValueError(f"option {key!r}: unknown; valid options: {sorted(SERVICE_OPTIONS)}")
+    opts = {**SERVICE_OPTIONS, **options}
+    for key, value in opts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"option {key}: must be a positive integer, got {value!r}")
+    registry = Registry(max_held_bytes=opts["max_held_mb"] << 20)
+    svc = Service(
+        "exporter", backend=backend, version=__version__, workers=opts["workers"],
+        capabilities={"outputs": list(OUTPUTS), "roles": list(ROLES),
+                      "export_options": list(ExportOptions.__dataclass_fields__)},
+    )  # fmt: skip
+
+    @svc.op("open_export", body=OpenExportReq)
+    @_wire_errors
+    def open_export(req: OpenExportReq) -> dict:
+        return registry.open_export(req.output, req.source, req.camera_key, req.outputs,
+                                    req.options or {})  # fmt: skip
+
+    @svc.op("put_masks", body=PutMasksReq)
+    @_wire_errors
+    def put_masks(req: PutMasksReq) -> dict:
+        exp = registry.get(req.export)
+        received = exp.put_masks(req.episode, req.start, req.obj_ids, req.masks, req.width)
+        return {"received": received}
+
+    @svc.op("finish_episode", body=FinishEpisodeReq)
+    @_wire_errors
+    def finish_episode(req: FinishEpisodeReq) -> dict:
+        return registry.get(req.export).finish_episode(req.episode, req.roles, req.meta or {})
+
+    @svc.op("discard_episode", body=EpisodeReq)
+    @_wire_errors
+    def discard_episode(req: EpisodeReq) -> dict:
+        return {"discarded": registry.get(req.export).discard(req.episode)}
+
+    @svc.op("status", body=StatusReq)
+    @_wire_errors
+    def status(req: StatusReq) -> dict:
+        return read_status(req.output)
+
+    @svc.op("close_export", body=ExportReq)
+    @_wire_errors
+    def close_export(req: ExportReq) -> dict:
+        registry.close_export(req.export)
+        return {}
+
+    svc.add_info(registry.info)
+    svc.on_close(registry.close_all)
+    log.info("exporter: backend=%s options=%s", backend, opts)
+    return svc
