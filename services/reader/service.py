@@ -1,0 +1,142 @@
+"""The reader service: a thin mesh wrapper over services.reader.reader.ReplayReader.
+
+Usage:
+    python -m services.reader --backend zarr --bind tcp://127.0.0.1:5551 \
+        --option max_chunk_bytes=8388608 --option cache_bytes=67108864 --option threads=2
+    # in code: svc = build_service("zarr", {"threads": 2}); svc.serve("tcp://127.0.0.1:0")
+
+Ops (README.md has every field, shape and dtype): open, frames, arrays, close.
+Library errors map to reply codes (services/reader/errors.py): not_found (path, dataset,
+key), bad_request (not a replay buffer, inconsistent buffer, out of range, too large),
+unsupported (codec not installed). The service keeps serving after any of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numcodecs
+
+from protocol.errors import ServiceError
+from protocol.schema import message
+from protocol.server import Service
+from services.reader import __version__
+from services.reader.codecs import REFUSED
+from services.reader.errors import ReaderError
+from services.reader.reader import ReaderConfig, ReplayReader
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("zarr",)
+SERVICE_OPTIONS = {
+    "workers": 2,  # handler threads; the reader is thread-safe (decode has its own pool)
+    "queue_size": 64,  # requests waiting before `overloaded`
+}
+
+
+@message
+class OpenReq:
+    path: str  # a .zarr directory or .zarr.zip file, as seen by the reader's host
+
+
+@message
+class FramesReq:
+    dataset: str  # the id `open` returned (the buffer's real path; opened on first use)
+    episode: int
+    key: str  # a data/<key> name, e.g. "rgbm"
+    start: int = 0  # episode-relative frame index
+    stop: int | None = None  # exclusive; None = the episode's end
+    stride: int = 1
+    max_bytes: int | None = None  # a smaller cap than the service's max_chunk_bytes
+
+
+@message
+class ArraysReq:
+    dataset: str
+    episode: int
+    keys: list[str] | None = None  # None = every low-dim key
+
+
+@message
+class CloseReq:
+    dataset: str
+
+
+def _replies(fn: Callable[[Any], dict]) -> Callable[[Any], dict]:
+    """Turn library errors into error replies with the library's code."""
+
+    @functools.wraps(fn)
+    def wrapper(req: Any) -> dict:
+        try:
+            return fn(req)
+        except ReaderError as e:
+            log.info("%s: %s: %s", fn.__name__, e.code, e)
+            raise ServiceError(str(e), code=e.code) from None
+
+    return wrapper
+
+
+def build_service(backend: str, options: dict) -> Service:
+    """The reader service for ``backend`` ('zarr') with ``options`` (ReaderConfig + workers)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: unknown; the reader's backends are {BACKENDS}")
+    service_opts = {k: options.get(k, v) for k, v in SERVICE_OPTIONS.items()}
+    reader_opts = {k: v for k, v in options.items() if k not in SERVICE_OPTIONS}
+    try:
+        config = ReaderConfig.from_options(reader_opts)
+    except (TypeError, ValueError) as e:
+        valid = sorted([*SERVICE_OPTIONS, *ReaderConfig.__dataclass_fields__])
+        raise ValueError(f"{e} (valid reader service options: {valid})") from None
+    reader = ReplayReader(config)
+    log.info("reader config: %s, service %s", config, service_opts)
+    svc = Service(
+        "reader",
+        backend=backend,
+        version=__version__,
+        capabilities={
+            "zarr_formats": [2, 3],
+            "stores": ["directory", "zip"],
+            "codecs": sorted(set(numcodecs.registry.codec_registry) - REFUSED),
+            "max_chunk_bytes": config.max_chunk_bytes,
+        },
+        workers=int(service_opts["workers"]),
+        queue_size=int(service_opts["queue_size"]),
+        versions={"zarr_reader": __version__, "numcodecs": numcodecs.__version__},
+    )
+
+    @svc.op("open", body=OpenReq, idempotent=True)
+    @_replies
+    def open_buffer(req: OpenReq) -> dict:
+        return reader.open(req.path)
+
+    @svc.op("frames", body=FramesReq, idempotent=True)
+    @_replies
+    def frames(req: FramesReq) -> dict:
+        batch = reader.frames(
+            req.dataset, req.episode, req.key, req.start, req.stop, req.stride, req.max_bytes
+        )
+        return {
+            "frames": batch.frames,  # (n, *frame_shape) travels zero-copy
+            "start": batch.start,
+            "stop": batch.stop,
+            "next": batch.next,
+            "episode_length": batch.episode_length,
+            "batch": batch.batch,
+        }
+
+    @svc.op("arrays", body=ArraysReq, idempotent=True)
+    @_replies
+    def arrays(req: ArraysReq) -> dict:
+        return {"arrays": reader.arrays(req.dataset, req.episode, req.keys)}
+
+    @svc.op("close", body=CloseReq, idempotent=True)
+    @_replies
+    def close(req: CloseReq) -> dict:
+        return {"closed": reader.close_dataset(req.dataset)}
+
+    svc.add_info(reader.stats)
+    svc.on_close(reader.close)
+    return svc
