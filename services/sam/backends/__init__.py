@@ -1,0 +1,55 @@
+"""Backend registry for the sam service: name -> SamBackend factory, imported lazily so the
+server never imports torch unless a torch backend is chosen.
+
+Usage:
+    from services.sam.backends import create_backend, BACKENDS
+    backend = create_backend("classical", options)   # options: backend-specific dict
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from services.sam.backends.base import (
+    DIRECTIONS,
+    PROMPT_KINDS,
+    SamBackend,
+    propagation_windows,
+)
+
+# name -> "module:Class"; each class takes **options (unknown keys -> ValueError naming them).
+BACKENDS: dict[str, str] = {
+    "classical": "services.sam.backends.classical:ClassicalBackend",
+    "sam2": "services.sam.backends.sam2_backend:Sam2Backend",
+    "sam3": "services.sam.backends.sam3_backend:Sam3Backend",
+}
+
+
+def create_backend(name: str, options: dict | None = None) -> SamBackend:
+    """Instantiate backend `name` with its options (not yet set up)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend: unknown {name!r}; choose one of {sorted(BACKENDS)}")
+    module_name, cls_name = BACKENDS[name].split(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    options = dict(options or {})
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        valid = sorted(k for k in params if k != "self")
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"options: unknown key(s) {unknown} for backend {name!r}; valid: {valid}"
+            )
+    return cls(**options)
+
+
+__all__ = [
+    "BACKENDS",
+    "DIRECTIONS",
+    "PROMPT_KINDS",
+    "SamBackend",
+    "create_backend",
+    "propagation_windows",
+]

@@ -1,0 +1,340 @@
+"""The `classical` sam backend: GrabCut prompts, optical-flow tracking, colour refinement.
+
+CPU only, no weights, deterministic. Usage:
+    backend = ClassicalBackend(flow_scale=0.5)
+    state = backend.init_state(frames)                     # (T, H, W, 3) uint8 RGB store
+    backend.add_prompt(state, 0, 1, None, None, np.array([10, 10, 90, 70], np.float32), None, None)
+    for t, masks in backend.propagate(state, "both", None, None): ...
+
+How it works:
+- add_prompt: GrabCut initialised from the box and/or similar-colour regions around the
+  clicked points (points of one frame accumulate, like SAM clicks); a points-only prompt on
+  a frame that already has a propagated mask refines that mask. A mask prompt is taken as is.
+  Each prompted (object, frame) becomes a keyframe with its mask and a colour model.
+- propagate: dense optical flow (DIS) between neighbouring frames, computed once per frame
+  pair and shared by all objects, warps each mask; the pixels in a band around the warped
+  boundary are re-decided from the object's colour model and the distance to the boundary.
+- Several keyframes / direction 'both': each frame takes each object's mask from the
+  nearest prompted keyframe of that object in time; ties go to the forward pass. Each
+  (object, frame) is computed once, by the pass that owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from services.sam.backends.base import SamBackend, propagation_windows
+from services.sam.backends.classical_ops import (
+    ColourModel,
+    Flow,
+    Tracked,
+    gray,
+    quantise,
+    resolve_overlaps,
+    track_step,
+)
+from services.sam.backends.classical_prompt import segment_prompt
+
+log = logging.getLogger(__name__)
+
+PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+@dataclass
+class _Object:
+    prompts: dict[int, dict] = field(default_factory=dict)  # frame -> accumulated prompt
+    keymasks: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> (H, W) bool
+    models: dict[int, ColourModel] = field(default_factory=dict)  # keyframe -> colour model
+    results: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> (H, W8) packed
+    version: int = 0  # bumped whenever its prompts or prompt masks change
+    done: tuple | None = None  # (version, ownership) of its last propagation
+
+
+@dataclass
+class ClassicalState:
+    frames: np.ndarray  # (T, H, W, 3) uint8, the session's store (read only here)
+    objects: dict[int, _Object] = field(default_factory=dict)
+
+
+class ClassicalBackend(SamBackend):
+    name = "classical"
+    prompt_kinds = frozenset({"points", "box", "mask"})
+
+    def __init__(
+        self,
+        device: str = "cpu",  # only "cpu"
+        flow_scale: float = 0.5,  # optical flow computed at this fraction of the resolution
+        flow_preset: str = "medium",  # DIS preset: ultrafast | fast | medium
+        band: int = 6,  # pixels inside the warped boundary that are re-decided each frame
+        grow: int = 3,  # pixels outside it that may join the object each frame
+        sigma: float = 2.5,  # px; how strongly the warped boundary outweighs colour
+        colour_weight: float = 1.0,  # weight of the colour log-odds in the band
+        colour_rate: float = 0.05,  # per-frame adaptation of the colour model (0 = fixed)
+        non_overlap: bool = True,  # a pixel belongs to at most one tracked object
+        grabcut_iters: int = 4,  # GrabCut iterations for box/point prompts
+        threads: int | None = None,  # cv2.setNumThreads (None: OpenCV's default)
+    ) -> None:
+        if device != "cpu":
+            raise ValueError(f"device: the classical backend runs on 'cpu' only, got {device!r}")
+        if flow_preset not in PRESETS:
+            raise ValueError(f"flow_preset: {flow_preset!r} is not one of {sorted(PRESETS)}")
+        if not 0.1 <= flow_scale <= 1.0:
+            raise ValueError(f"flow_scale: must be in [0.1, 1.0], got {flow_scale}")
+        if band < 1 or sigma <= 0 or grabcut_iters < 1 or not 0 <= colour_rate <= 1:
+            raise ValueError(
+                "band >= 1, sigma > 0, grabcut_iters >= 1 and 0 <= colour_rate <= 1 are required"
+            )
+        self.device = device
+        self.flow_scale = flow_scale
+        self.flow_preset = flow_preset
+        self.band = band
+        self.grow = grow
+        self.non_overlap = non_overlap
+        self.sigma = sigma
+        self.colour_weight = colour_weight
+        self.colour_rate = colour_rate
+        self.grabcut_iters = grabcut_iters
+        self.threads = threads
+
+    def setup(self) -> None:
+        if self.threads is not None:
+            cv2.setNumThreads(self.threads)
+        log.info(
+            "classical backend ready (OpenCV %s, %d threads)", cv2.__version__, cv2.getNumThreads()
+        )
+
+    def info(self) -> dict:
+        return {
+            "opencv": cv2.__version__,
+            "flow": f"DIS {self.flow_preset} at scale {self.flow_scale}",
+            "refine": f"colour model in a {self.band}px band",
+        }
+
+    # ---- sessions --------------------------------------------------------------------
+    def init_state(self, frames: np.ndarray) -> ClassicalState:
+        return ClassicalState(frames)
+
+    def add_prompt(self, state, frame, obj_id, points, labels, box, mask, text):
+        st: ClassicalState = state
+        if text is not None:
+            raise ValueError("text: the classical backend has no text prompts; use sam3")
+        img = st.frames[frame]  # (H, W, 3) uint8, a view of the store
+        h, w = img.shape[:2]
+        obj = st.objects.setdefault(obj_id, _Object())
+        obj.version += 1
+        p = obj.prompts.get(frame)
+        if p is None:
+            p = {"points": [], "labels": []}
+            if frame in obj.results:  # refine what propagation produced on this frame
+                p["prior"] = np.unpackbits(obj.results[frame], axis=-1, count=w).astype(bool)
+            obj.prompts[frame] = p
+        if mask is not None:
+            p.update(mask=mask, points=[], labels=[], box=None, prior=None)
+        if box is not None:
+            p["box"] = box
+        if points is not None:
+            p["points"].extend(points.tolist())
+            p["labels"].extend(labels.tolist())
+        pts = np.asarray(p["points"], np.float32).reshape(-1, 2)
+        lab = np.asarray(p["labels"], np.int32)
+        base = p.get("mask") if p.get("mask") is not None else p.get("prior")
+        if len(pts) == 0 and p.get("box") is None:
+            m = base
+        else:
+            other = [k for k in obj.models if k != frame and obj.models[k] is not None]
+            near = min(other, key=lambda k: abs(k - frame)) if other else None
+            m = segment_prompt(
+                img,
+                p.get("box"),
+                pts if len(pts) else None,
+                lab if len(pts) else None,
+                prior=base,
+                appearance=obj.models[near] if near is not None else None,
+                exclude=self._others(st, frame, obj_id),
+                iters=self.grabcut_iters,
+            )
+        if not m.any():
+            log.warning("obj %d frame %d: prompt produced an empty mask", obj_id, frame)
+        q = quantise(img)
+        obj.keymasks[frame] = m
+        obj.models[frame] = ColourModel.learn(q, m) if m.any() else None
+        obj.results[frame] = np.packbits(m, axis=-1)
+        out = {obj_id: m}
+        if self.non_overlap and m.any():  # the latest prompt is authoritative on its frame
+            for oid, o in st.objects.items():
+                if oid == obj_id or frame not in o.results:
+                    continue
+                other = np.unpackbits(o.results[frame], axis=-1, count=w).astype(bool)
+                if not (other & m).any():
+                    continue
+                other &= ~m
+                o.results[frame] = np.packbits(other, axis=-1)
+                if frame in o.keymasks:
+                    o.version += 1
+                    o.keymasks[frame] = other
+                    o.models[frame] = ColourModel.learn(q, other) if other.any() else None
+                out[oid] = other
+        return out
+
+    @staticmethod
+    def _others(st: ClassicalState, frame: int, obj_id: int) -> np.ndarray | None:
+        """(H, W) bool union of the other objects' masks on `frame`, or None."""
+        w = st.frames.shape[2]
+        out = None
+        for oid, o in st.objects.items():
+            if oid != obj_id and frame in o.results:
+                m = np.unpackbits(o.results[frame], axis=-1, count=w).astype(bool)
+                out = m if out is None else out | m
+        return out
+
+    def remove_object(self, state, obj_id):
+        state.objects.pop(obj_id, None)
+        for o in state.objects.values():  # it no longer competes for pixels: recompute all
+            o.done = None
+
+    def reset(self, state):
+        state.objects.clear()
+
+    def close(self, state):
+        state.objects.clear()
+        state.frames = None
+
+    # ---- propagation -----------------------------------------------------------------
+    def propagate(self, state, direction, start, max_frames) -> Iterator[tuple[int, dict]]:
+        st: ClassicalState = state
+        n = st.frames.shape[0]
+        keys = {k for o in st.objects.values() for k in o.keymasks}
+        windows = dict(
+            (d, (lo, hi))
+            for d, lo, hi in propagation_windows(keys, n, direction, start, max_frames)
+        )
+        owners = self._owners(st, n, windows, both=direction == "both")
+        fresh: dict[int, set[int]] = {}  # frame -> objects whose masks are current there
+        skip: set[int] = set()
+        # under non_overlap objects are tracked jointly: any change anywhere recomputes all
+        group = tuple((k, o.version) for k, o in st.objects.items()) if self.non_overlap else ()
+        for oid, o in st.objects.items():
+            sig = (o.version, group, tuple(owners[d][oid].tobytes() for d in windows))
+            if o.done == sig:  # nothing changed for it: keep its masks (they still compete)
+                skip.add(oid)
+                for d in windows:
+                    for t in np.flatnonzero(owners[d][oid] >= 0):
+                        fresh.setdefault(int(t), set()).add(oid)
+            o.done = sig
+        for d, (lo, hi) in windows.items():
+            yield from self._pass(st, d, lo, hi, owners[d], fresh, skip)
+
+    @staticmethod
+    def _owners(st: ClassicalState, n: int, windows: dict, both: bool) -> dict:
+        """Per pass: {obj_id: (T,) int source distance, -1 where the pass does not own it}.
+        Source = the nearest keyframe of the object inside the pass's window on its side, or
+        the result just outside the window's start (continuing an earlier propagation)."""
+        dist: dict[str, dict[int, np.ndarray]] = {d: {} for d in windows}
+        for d, (lo, hi) in windows.items():
+            step = 1 if d == "forward" else -1
+            first, last = (lo, hi) if step == 1 else (hi, lo)
+            for oid, o in st.objects.items():
+                arr = np.full(n, -1, np.int64)
+                # continuing an earlier result loses to any real keyframe (offset n)
+                cont = 0 <= first - step < n and (first - step) in o.results
+                src, off = (first - step, n) if cont else (None, 0)
+                for t in range(first, last + step, step):
+                    if t in o.keymasks:
+                        src, off = t, 0
+                    if src is not None:
+                        arr[t] = abs(t - src) + off
+                dist[d][oid] = arr
+        if both and len(windows) == 2:
+            for oid in st.objects:
+                f, b = dist["forward"][oid], dist["backward"][oid]
+                fwd = (f >= 0) & ((b < 0) | (f <= b))
+                f[~fwd] = -1
+                b[fwd] = -1
+        return dist
+
+    def _pass(self, st, d, lo, hi, own, fresh, skip) -> Iterator[tuple[int, dict]]:
+        step = 1 if d == "forward" else -1
+        first, last = (lo, hi) if step == 1 else (hi, lo)
+        w = st.frames.shape[2]
+        flow = Flow(self.flow_scale, PRESETS[self.flow_preset])
+        cur: dict[int, np.ndarray] = {}
+        models: dict[int, ColourModel | None] = {}
+        prev_gray = None
+        for t in range(first, last + step, step):
+            img = st.frames[t]  # (H, W, 3) uint8
+            g = gray(img)
+            q = None
+            maps = None
+            tracks: dict[int, Tracked] = {}
+            for oid, o in st.objects.items():
+                if own[oid][t] < 0 or oid in skip:
+                    cur.pop(oid, None)
+                    continue
+                if t in o.keymasks:
+                    models[oid] = o.models[t]
+                    tracks[oid] = Tracked(o.keymasks[t].copy(), fixed=True)
+                    continue
+                if oid not in cur:  # continue an earlier result from just outside
+                    cur[oid] = np.unpackbits(o.results[t - step], axis=-1, count=w).astype(bool)
+                    q_prev = quantise(st.frames[t - step])
+                    models[oid] = ColourModel.learn(q_prev, cur[oid]) if cur[oid].any() else None
+                if prev_gray is None:
+                    prev_gray = gray(st.frames[t - step])
+                if maps is None:
+                    maps = flow.maps(g, prev_gray)  # once per frame pair, for all objects
+                if q is None:
+                    q = quantise(img)
+                m = models[oid]
+                if m is None or not cur[oid].any():
+                    tracks[oid] = Tracked(np.zeros_like(cur[oid]))
+                    continue
+                tracks[oid] = track_step(
+                    cur[oid], maps[0], maps[1], q, m, band=self.band, grow=self.grow,
+                    sigma=self.sigma, colour_weight=self.colour_weight,
+                )  # fmt: skip
+            changed: set[int] = set()
+            if self.non_overlap and tracks:
+                # objects the other pass already computed on this frame compete too
+                others = {
+                    oid: Tracked(
+                        np.unpackbits(st.objects[oid].results[t], axis=-1, count=w).astype(bool)
+                    )
+                    for oid in fresh.get(t, ())
+                    if oid not in tracks and oid in st.objects
+                }
+                if len(tracks) + len(others) > 1:
+                    changed = resolve_overlaps({**tracks, **others}) & set(others)
+                tracks.update({oid: others[oid] for oid in changed})
+            out: dict[int, np.ndarray] = {}
+            for oid, tr in tracks.items():
+                out[oid] = tr.mask
+                if oid not in changed:
+                    cur[oid] = tr.mask
+                    if tr.sd is not None and not tr.fixed and models[oid] is not None:
+                        models[oid] = models[oid].update(q, tr.mask, self.colour_rate)
+                st.objects[oid].results[t] = np.packbits(tr.mask, axis=-1)
+                fresh.setdefault(t, set()).add(oid)
+            prev_gray = g
+            if out:
+                yield t, out
+
+    # ---- single images ---------------------------------------------------------------
+    def segment_image(self, image, boxes, points, labels) -> np.ndarray:
+        h, w = image.shape[:2]
+        if boxes is None or len(boxes) == 0:
+            if points is None:
+                raise ValueError("segment_image: give boxes and/or points")
+            return segment_prompt(image, None, points, labels, iters=self.grabcut_iters)[None]
+        out = np.zeros((len(boxes), h, w), bool)  # (n, H, W)
+        for i, b in enumerate(boxes):
+            out[i] = segment_prompt(image, b, points, labels, iters=self.grabcut_iters)
+        return out

@@ -1,0 +1,236 @@
+"""The sam service: promptable video segmentation sessions over the mesh protocol.
+
+Usage:
+    python -m services.sam --bind tcp://127.0.0.1:5552 --backend classical \
+        --option max_sessions=4 --option idle_timeout_s=300
+    # in code: svc = build_service("classical", {"flow_scale": 0.5}); svc.serve(...)
+
+Ops (README.md has fields, shapes and dtypes): start_session, put_frames, add_prompt,
+propagate, masks, remove_object, reset_session, close_session, segment_image.
+Masks always travel bit-packed (protocol.masks): `masks` uint8 (..., H, ceil(W/8)) + `width`.
+Options: the service keys in SERVICE_OPTIONS below; every other key goes to the backend,
+which rejects keys it does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from protocol.errors import BadRequest
+from protocol.masks import pack
+from protocol.schema import message
+from protocol.server import Service
+from services.sam import __version__
+from services.sam.backends import BACKENDS, DIRECTIONS, create_backend
+from services.sam.sessions import SessionManager
+
+log = logging.getLogger(__name__)
+
+SERVICE_OPTIONS = {
+    "max_sessions": 8,  # open sessions before start_session answers `overloaded`
+    "idle_timeout_s": 600.0,  # a session unused this long is closed and its memory freed
+    "max_session_bytes": 16 << 30,  # largest frame store one session may allocate
+    "max_chunk_bytes": 32 << 20,  # cap on one `masks` reply's packed array
+    "workers": 1,  # compute threads (sessions are locked individually; 1 suits a GPU model)
+    "queue_size": 64,  # requests waiting before `overloaded`
+}
+
+
+@message
+class StartSessionReq:
+    height: int
+    width: int
+    n_frames: int
+    session: str | None = None
+
+
+@message
+class PutFramesReq:
+    session: str
+    start: int
+    frames: np.ndarray  # (n, H, W, 3) uint8 RGB
+
+
+@message
+class AddPromptReq:
+    session: str
+    frame: int
+    obj_id: int
+    points: list[list[float]] | None = None  # [[x, y], ...]
+    labels: list[int] | None = None  # 1 foreground, 0 background
+    rel: bool = False  # points/box in [0, 1] instead of pixels
+    box: list[float] | None = None  # [x0, y0, x1, y1]
+    mask: np.ndarray | None = None  # (H, W) bool or uint8
+    text: str | None = None
+
+
+@message
+class PropagateReq:
+    session: str
+    direction: str = "both"
+    start: int | None = None
+    max_frames: int | None = None
+
+
+@message
+class MasksReq:
+    session: str
+    start: int = 0
+    stop: int | None = None
+    obj_ids: list[int] | None = None
+
+
+@message
+class ObjectReq:
+    session: str
+    obj_id: int
+
+
+@message
+class SessionReq:
+    session: str
+
+
+@message
+class SegmentImageReq:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    boxes: list[list[float]] | None = None  # [[x0, y0, x1, y1], ...]
+    points: list[list[float]] | None = None
+    labels: list[int] | None = None
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    svc = {k: options[k] for k in options if k in SERVICE_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in SERVICE_OPTIONS}
+    return {**SERVICE_OPTIONS, **svc}, rest
+
+
+def build_service(backend: str, options: dict) -> Service:
+    """Create the backend (weights load here, in setup()) and register the ops."""
+    opts, backend_opts = _split_options(dict(options or {}))
+    try:
+        model = create_backend(backend, backend_opts)
+    except ValueError as e:
+        raise ValueError(f"{e}; service options: {sorted(SERVICE_OPTIONS)}") from None
+    model.setup()
+    mgr = SessionManager(
+        model,
+        max_sessions=int(opts["max_sessions"]),
+        idle_timeout_s=float(opts["idle_timeout_s"]),
+        max_session_bytes=int(opts["max_session_bytes"]),
+    )
+    max_chunk = int(opts["max_chunk_bytes"])
+    svc = Service(
+        "sam",
+        backend=backend,
+        version=__version__,
+        capabilities={
+            "prompt_kinds": sorted(model.prompt_kinds),
+            "directions": list(DIRECTIONS),
+            "backends": sorted(BACKENDS),
+            "max_sessions": mgr.max_sessions,
+        },
+        workers=int(opts["workers"]),
+        queue_size=int(opts["queue_size"]),
+    )
+    log.info("sam options: %s; backend %s options: %s", opts, backend, backend_opts)
+
+    @svc.op("start_session", body=StartSessionReq, idempotent=False)
+    def start_session(req: StartSessionReq) -> dict:
+        return {"session": mgr.start(req.height, req.width, req.n_frames, req.session)}
+
+    @svc.op("put_frames", body=PutFramesReq)
+    def put_frames(req: PutFramesReq) -> dict:
+        return {"received": mgr.put_frames(req.session, req.start, req.frames)}
+
+    @svc.op("add_prompt", body=AddPromptReq, idempotent=False)  # clicks accumulate
+    def add_prompt(req: AddPromptReq) -> dict:
+        frame, ids, stack = mgr.add_prompt(
+            req.session, req.frame, req.obj_id, req.points, req.labels, req.rel, req.box,
+            req.mask, req.text,
+        )  # fmt: skip
+        w = stack.shape[-1]
+        return {"frame": frame, "obj_ids": ids, "masks": pack(stack), "width": w}
+
+    @svc.op("propagate", body=PropagateReq)  # deterministic recompute: safe to retry
+    def propagate(req: PropagateReq) -> dict:
+        n, ids = mgr.propagate(req.session, req.direction, req.start, req.max_frames)
+        return {"frames": n, "obj_ids": ids}
+
+    @svc.op("masks", body=MasksReq)
+    def masks(req: MasksReq) -> dict:
+        ids, start, stop, packed = mgr.masks(
+            req.session, req.start, req.stop, req.obj_ids, max_bytes=max_chunk
+        )
+        width = mgr.get(req.session).width
+        return {"obj_ids": ids, "start": start, "stop": stop, "masks": packed, "width": width}
+
+    @svc.op("remove_object", body=ObjectReq, idempotent=False)
+    def remove_object(req: ObjectReq) -> dict:
+        return {"obj_ids": mgr.remove_object(req.session, req.obj_id)}
+
+    @svc.op("reset_session", body=SessionReq)
+    def reset_session(req: SessionReq) -> dict:
+        mgr.reset(req.session)
+        return {}
+
+    @svc.op("close_session", body=SessionReq)
+    def close_session(req: SessionReq) -> dict:
+        return {"closed": mgr.close(req.session)}
+
+    @svc.op("segment_image", body=SegmentImageReq)
+    def segment_image(req: SegmentImageReq) -> dict:
+        img = req.image
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise BadRequest(
+                f"image: expected (H, W, 3) uint8 RGB, got {img.dtype}{list(img.shape)}"
+            )
+        h, w = img.shape[:2]
+        kinds = (["box"] if req.boxes else []) + (["points"] if req.points is not None else [])
+        if not kinds:
+            raise BadRequest("segment_image: give boxes and/or points (+labels)")
+        mgr.check_kinds(kinds)
+        pts, lab = mgr.check_points(req.points, req.labels, False, h, w)
+        boxes = None
+        if req.boxes:
+            boxes = np.stack([mgr.check_box(b, False, h, w) for b in req.boxes])  # (n, 4)
+        try:
+            out = model.segment_image(img, boxes, pts, lab)  # (n, H, W) bool
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return {"masks": pack(out), "width": w}
+
+    def info() -> dict:
+        sessions = mgr.describe()
+        return {
+            "device": model.device,
+            "prompt_kinds": sorted(model.prompt_kinds),
+            "backend_info": model.info(),
+            "sessions": sessions,
+            "sessions_bytes": sum(s["bytes"] for s in sessions),
+            "max_sessions": mgr.max_sessions,
+            "idle_timeout_s": mgr.idle_timeout_s,
+        }
+
+    svc.add_info(info)
+    stop = threading.Event()
+    interval = max(1.0, min(30.0, mgr.idle_timeout_s / 4))
+
+    def reaper() -> None:  # frees idle sessions even when no request arrives
+        while not stop.wait(interval):
+            try:
+                mgr.expire()
+            except Exception:
+                log.exception("session expiry failed")
+
+    threading.Thread(target=reaper, name="sam-reaper", daemon=True).start()
+
+    def shutdown() -> None:
+        stop.set()
+        mgr.close_all()
+
+    svc.on_close(shutdown)
+    return svc
