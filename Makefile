@@ -14,7 +14,7 @@ SERVICES_CONFIG ?= configs/services.yaml
 export SERVICES_CONFIG
 CLI_PY := .venvs/cli/bin/python
 TEST_PY := .venvs/test/bin/python
-SAM2_PY := .venvs/sam-sam2/bin/python
+SAM2_PY := .venvs/test-sam2/bin/python
 DEMO_DATA ?= data/demo
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
@@ -62,9 +62,9 @@ test: test-fast test-sam2
 test-fast: test-env
 	$(TEST_PY) -m pytest -q -m "not sam2 and not reliability" $(PYTEST_ARGS)
 
-test-sam2: cli-env
-	@$(CLI_PY) -m tools.launch env sam sam2
-	$(SAM2_PY) -m pytest -q -m sam2 tests $(PYTEST_ARGS)
+test-sam2:
+	@$(PYTHON) tools/envs.py test-sam2 tests/requirements-sam2.txt
+	$(SAM2_PY) -m pytest -q -m sam2 tests/unit/test_sam2_*.py tests/integration/test_sam2_*.py $(PYTEST_ARGS)
 
 test-reliability: test-env
 	$(TEST_PY) -m pytest -q -m reliability tests/reliability $(PYTEST_ARGS)

@@ -6,10 +6,17 @@ Usage:
 
 An environment is rebuilt when its requirement files change (their text is stamped inside
 it). uv comes from PATH, or is installed with pip into .venvs/_uv on first use.
+
+A requirement file may carry install directives for packages whose source build needs
+something present first (sam2's build imports torch):
+    # maskmesh: install-first torch==2.15.0 torchvision==0.29.2
+    # maskmesh: env SAM2_BUILD_CUDA=0
+    # maskmesh: no-build-isolation
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -62,6 +69,27 @@ def _stamp_text(req_files: list[Path]) -> str:
     return "\n".join(parts)
 
 
+def directives(req_files: list[Path]) -> tuple[list[str], dict[str, str], bool]:
+    """(packages to install first, environment variables, no-build-isolation) of the files."""
+    first: list[str] = []
+    env: dict[str, str] = {}
+    no_isolation = False
+    for f in req_files:
+        for line in f.read_text().splitlines():
+            if not line.startswith("# maskmesh:"):
+                continue
+            words = line.split(":", 1)[1].split()
+            if words[:1] == ["install-first"]:
+                first += words[1:]
+            elif words[:1] == ["env"]:
+                env.update(w.split("=", 1) for w in words[1:] if "=" in w)
+            elif words == ["no-build-isolation"]:
+                no_isolation = True
+            else:
+                raise ValueError(f"{f}: unknown directive {line!r}")
+    return first, env, no_isolation
+
+
 def ensure_env(name: str, req_files: list[Path], *, rebuild: bool = False) -> Path:
     """Create or update .venvs/NAME from the requirement files; returns its python."""
     env = VENVS / name
@@ -76,10 +104,15 @@ def ensure_env(name: str, req_files: list[Path], *, rebuild: bool = False) -> Pa
     t = time.monotonic()
     if not py.exists():
         subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(env)], check=True)
+    first, env_vars, no_isolation = directives(req_files)
+    if first:
+        subprocess.run([uv, "pip", "install", "-q", "--python", str(py), *first], check=True)
     cmd = [uv, "pip", "install", "-q", "--python", str(py)]
+    if no_isolation:
+        cmd.append("--no-build-isolation")
     for f in req_files:
         cmd += ["-r", str(f)]
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env={**os.environ, **env_vars})
     subprocess.run(
         [uv, "pip", "install", "-q", "--python", str(py), "--no-deps", "-e", str(ROOT)], check=True
     )
