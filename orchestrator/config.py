@@ -1,0 +1,333 @@
+"""Pipeline configs (configs/pipelines/*.yaml) as frozen dataclasses; unknown keys are errors.
+
+Usage:
+    cfg = load_pipeline("configs/pipelines/rgbm.yaml")        # PipelineConfig
+    cfg = parse_pipeline({"pipeline": "arm_only", ...})         # from a dict
+    cfg.to_dict()                                               # resolved, for logs and reports
+
+Every option, its default and its meaning is documented in configs/pipelines/*.yaml and
+orchestrator/README.md. Errors name the key and the fix (`prompt.source: ...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PIPELINES = ("rgbm", "arm_only")
+DIRECTIONS = ("forward", "backward", "both")
+OUTPUTS = ("rgbm", "arm_only", "npz", "preview", "ytvis")
+ARM_ROLES = ("arm_left", "arm_right")
+GRIPPER_ROLES = ("gripper_left", "gripper_right")
+DEFAULT_OBJ_IDS = {"arm_left": 1, "arm_right": 2, "gripper_left": 3, "gripper_right": 4}
+
+
+class PipelineConfigError(ValueError):
+    """A pipeline config that does not validate; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """rgbm: where each episode's target prompt comes from."""
+
+    source: Literal["vlm", "file", "text"] = "vlm"  # VLM bbox | prompts file target | SAM3 text
+    frame: int = 0  # episode frame the VLM boxes / the text prompt goes on (vlm, text)
+    instruction: str | None = None  # what the VLM boxes; None = the episode's instruction attr
+    instruction_attr: str = "instruction"  # key in the buffer attrs `episodes[i]` (vlm)
+    text: str | None = None  # SAM3 text prompt (source: text)
+    obj_id: int = 1  # SAM object id of the target
+
+
+@dataclass(frozen=True)
+class ArmOnlyConfig:
+    """arm_only: the two-stage arm/gripper flow (seed 000)."""
+
+    objects: dict | None = None  # inline prompts (prompts-file `objects` schema) for every episode
+    refinements: list | None = None  # inline arm refinements (prompts-file schema)
+    coords: Literal["abs", "rel"] = "abs"  # coordinates of the inline objects/refinements
+    bootstrap_text: dict = field(default_factory=dict)  # role -> SAM3 text for stage A
+    bootstrap_frame: int = 0  # frame of the stage A text prompts
+    obj_ids: dict = field(default_factory=lambda: dict(DEFAULT_OBJ_IDS))  # ids of text-only roles
+    dilation_radius: int = 15  # arm-only mask dilation (px), passed to the exporter
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Scheduling, retries, progress."""
+
+    prefetch_episodes: int = 2  # episodes read ahead of the SAM workers (bounds memory)
+    reader_threads: int = 1  # threads reading episodes from the reader service
+    max_inflight_puts: int = 4  # put_frames requests in flight per SAM session
+    episode_retries: int = 2  # a failed episode is retried this many times, then recorded failed
+    request_retries: int = 2  # extra tries (with backoff) of a failed idempotent request
+    backoff_s: float = 0.5  # first pause before a retry; doubles each time
+    backoff_max_s: float = 10.0  # longest pause between retries
+    propagate_timeout_s: float | None = (
+        None  # client timeout of one propagate; None = sam timeout_s
+    )
+    replica_down_s: float = 60.0  # a SAM replica silent this long is dropped from the run
+    stop_grace_s: float = 20.0  # Ctrl-C: how long workers may take to close their sessions
+    fail_fast: bool = False  # stop the run at the first episode that fails for good
+    progress: bool = True  # tqdm progress bars on stderr
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    pipeline: Literal["rgbm", "arm_only"]
+    version: int = 1
+    camera_key: str | None = None  # data/<key> (T, H, W, 3) uint8 RGB; None = the only such key
+    direction: Literal["forward", "backward", "both"] = "both"  # every propagate call
+    outputs: tuple[str, ...] = ()  # exporter outputs; () = (pipeline,)
+    export_options: dict = field(default_factory=dict)  # exporter open_export options
+    prompts_file: str | None = None  # per-episode prompts (configs/prompts/*.yaml)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    arm_only: ArmOnlyConfig = field(default_factory=ArmOnlyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    origin: str = "<memory>"  # where the config came from (not a YAML key)
+
+    @property
+    def effective_outputs(self) -> tuple[str, ...]:
+        return self.outputs or (self.pipeline,)
+
+    def effective_export_options(self) -> dict:
+        """Exporter options: the config's, plus the arm-only dilation."""
+        opts = dict(self.export_options)
+        if self.pipeline == "arm_only":
+            opts.setdefault("dilation_radius", self.arm_only.dilation_radius)
+        return opts
+
+    def result_dict(self) -> dict:
+        """The settings that shape the results (no scheduling options): recorded by the
+        exporter in the output and compared when an output is resumed."""
+        d = self.to_dict()
+        d.pop("run")
+        return d
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain data (parse_pipeline(cfg.to_dict()) gives it back)."""
+        d = dataclasses.asdict(self)
+        d.pop("origin")
+        d.pop("prompt" if self.pipeline == "arm_only" else "arm_only")
+        d["outputs"] = list(self.outputs)
+        return d
+
+
+def _fail(where: str, msg: str) -> PipelineConfigError:
+    return PipelineConfigError(f"{where}: {msg}")
+
+
+def _type_ok(tp: Any, v: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return v in typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        return any(_type_ok(a, v) for a in typing.get_args(tp))
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    if origin is tuple or tp is tuple:
+        return isinstance(v, list | tuple) and all(isinstance(x, str) for x in v)
+    return isinstance(v, origin or tp)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is tuple:
+        return "a list of names"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            dict: "a map", list: "a list"}.get(tp, str(tp))  # fmt: skip
+
+
+def _build(cls: type, raw: Any, where: str, nested: dict[str, type] | None = None) -> Any:
+    """Check keys and types of `raw` against dataclass `cls` and build it."""
+    nested = nested or {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _fail(where or "config", f"expected a map, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "origin"]
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        path = f"{where}.{k}" if where else str(k)
+        if k not in names:
+            raise _fail(path, f"unknown key; valid keys are {names}")
+        if k in nested:
+            kw[k] = _build(nested[k], v, path)
+            continue
+        if not _type_ok(hints[k], v):
+            raise _fail(path, f"expected {_describe(hints[k])}, got {v!r}")
+        if hints[k] is float:
+            v = float(v)
+        if k == "outputs":
+            v = tuple(v)
+        kw[k] = v
+    return cls(**kw)
+
+
+def _check_run(r: RunConfig) -> None:
+    for name in ("prefetch_episodes", "reader_threads", "max_inflight_puts"):
+        if getattr(r, name) < 1:
+            raise _fail(f"run.{name}", f"must be >= 1, got {getattr(r, name)}")
+    for name in ("episode_retries", "request_retries"):
+        if getattr(r, name) < 0:
+            raise _fail(f"run.{name}", f"must be >= 0, got {getattr(r, name)}")
+    for name in ("propagate_timeout_s", "replica_down_s"):
+        if getattr(r, name) is not None and getattr(r, name) <= 0:
+            raise _fail(f"run.{name}", f"must be > 0 seconds, got {getattr(r, name)}")
+    for name in ("backoff_s", "backoff_max_s", "stop_grace_s"):
+        if getattr(r, name) < 0:
+            raise _fail(f"run.{name}", f"must be >= 0 seconds, got {getattr(r, name)}")
+
+
+def _check_obj_id(where: str, v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**31:
+        raise _fail(where, f"must be an integer in [0, 2**31), got {v!r}")
+    return v
+
+
+def _check_rgbm(cfg: PipelineConfig) -> None:
+    p = cfg.prompt
+    if p.frame < 0:
+        raise _fail("prompt.frame", f"must be >= 0 (episode-relative), got {p.frame}")
+    _check_obj_id("prompt.obj_id", p.obj_id)
+    if p.source == "file" and not cfg.prompts_file:
+        raise _fail(
+            "prompts_file", "prompt.source is 'file': set prompts_file (or pass --prompts FILE)"
+        )
+    if p.source == "text" and not (p.text and p.text.strip()):
+        raise _fail("prompt.text", "prompt.source is 'text': give the SAM3 text, e.g. 'red mug'")
+    if p.source != "text" and p.text is not None:
+        raise _fail("prompt.text", f"only used with prompt.source: text (source is {p.source!r})")
+    if p.instruction is not None and not p.instruction.strip():
+        raise _fail("prompt.instruction", "empty; describe the target or use null")
+
+
+def _check_arm_only(cfg: PipelineConfig) -> None:
+    a = cfg.arm_only
+    if cfg.prompts_file and (a.objects is not None or a.refinements is not None):
+        raise _fail(
+            "arm_only.objects",
+            "give the prompts either in prompts_file (per episode) or inline in "
+            "arm_only.objects/refinements (same for every episode), not both",
+        )
+    for role, text in a.bootstrap_text.items():
+        if role not in ARM_ROLES:
+            raise _fail(f"arm_only.bootstrap_text.{role}", f"unknown role; use {list(ARM_ROLES)}")
+        if not isinstance(text, str) or not text.strip():
+            raise _fail(f"arm_only.bootstrap_text.{role}", f"must be a text, got {text!r}")
+    if a.bootstrap_frame < 0:
+        raise _fail("arm_only.bootstrap_frame", f"must be >= 0, got {a.bootstrap_frame}")
+    ids = {**DEFAULT_OBJ_IDS, **a.obj_ids}
+    for role, oid in a.obj_ids.items():
+        if role not in DEFAULT_OBJ_IDS:
+            raise _fail(f"arm_only.obj_ids.{role}", f"unknown role; use {list(DEFAULT_OBJ_IDS)}")
+        _check_obj_id(f"arm_only.obj_ids.{role}", oid)
+    if len(set(ids.values())) != len(ids):
+        raise _fail("arm_only.obj_ids", f"ids must be unique across the four roles, got {ids}")
+    if a.dilation_radius < 0:
+        raise _fail("arm_only.dilation_radius", f"must be >= 0 px, got {a.dilation_radius}")
+    if "dilation_radius" in cfg.export_options:
+        raise _fail(
+            "export_options.dilation_radius", "set arm_only.dilation_radius instead (one place)"
+        )
+    if not cfg.prompts_file and a.objects is None and not a.bootstrap_text:
+        raise _fail(
+            "prompts_file",
+            "arm_only needs prompts: set prompts_file, arm_only.objects, or "
+            "arm_only.bootstrap_text (SAM3) plus gripper objects",
+        )
+
+
+def parse_pipeline(raw: Any, *, source: str = "<memory>") -> PipelineConfig:
+    """Validate a loaded YAML mapping and build the PipelineConfig."""
+    if not isinstance(raw, dict):
+        raise PipelineConfigError(f"{source}: expected a map with `pipeline: rgbm | arm_only`")
+    if "pipeline" not in raw:
+        raise _fail("pipeline", f"required; one of {list(PIPELINES)}")
+    if raw["pipeline"] not in PIPELINES:
+        raise _fail("pipeline", f"{raw['pipeline']!r} is not one of {list(PIPELINES)}")
+    if raw.get("version", 1) != 1:
+        raise _fail("version", f"this release reads version 1, got {raw.get('version')!r}")
+    nested = {"prompt": PromptConfig, "arm_only": ArmOnlyConfig, "run": RunConfig}
+    try:
+        cfg = _build(PipelineConfig, raw, "", nested)
+    except PipelineConfigError as e:
+        raise PipelineConfigError(f"{source}: {e}") from None
+    cfg = dataclasses.replace(cfg, origin=source)
+    try:
+        for o in cfg.outputs:
+            if o not in OUTPUTS:
+                raise _fail("outputs", f"unknown output {o!r}; valid outputs are {list(OUTPUTS)}")
+        if cfg.camera_key is not None and (not cfg.camera_key or "/" in cfg.camera_key):
+            raise _fail("camera_key", f"{cfg.camera_key!r}: give the name under data/, e.g. img")
+        if cfg.pipeline == "rgbm":
+            if "arm_only" in raw:
+                raise _fail("arm_only", "only used by pipeline: arm_only; remove it")
+            _check_rgbm(cfg)
+        else:
+            if "prompt" in raw:
+                raise _fail("prompt", "only used by pipeline: rgbm; remove it")
+            _check_arm_only(cfg)
+        _check_run(cfg.run)
+    except PipelineConfigError as e:
+        raise PipelineConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def _merge(raw: Any, overrides: dict | None) -> Any:
+    if not overrides or not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def load_pipeline(path: str | os.PathLike, overrides: dict | None = None) -> PipelineConfig:
+    """Read and validate a pipeline YAML file; `overrides` (e.g. {"run": {"fail_fast": True}})
+    are merged into the YAML before validation."""
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineConfigError(
+            f"pipeline config: {p} does not exist (see configs/pipelines/ for examples)"
+        )
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise PipelineConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_pipeline(_merge(raw, overrides), source=str(p))
+
+
+def as_pipeline(
+    obj: PipelineConfig | dict | str | os.PathLike, overrides: dict | None = None
+) -> PipelineConfig:
+    """A PipelineConfig from a config, a dict or a path, with optional overrides."""
+    if isinstance(obj, PipelineConfig):
+        if not overrides:
+            return obj
+        return parse_pipeline(_merge(obj.to_dict(), overrides), source=obj.origin)
+    if isinstance(obj, dict):
+        return parse_pipeline(_merge(obj, overrides))
+    return load_pipeline(obj, overrides)
