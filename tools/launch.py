@@ -20,6 +20,7 @@ installed into them (editable, no dependencies). Light environments never get to
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -32,6 +33,8 @@ from protocol.errors import RemoteError, ServiceUnavailable
 from tools.envs import ensure_env, requirement_files
 
 ROOT = Path(__file__).resolve().parents[1]
+# While waiting for a service to come up, unanswered pings are expected: keep the client quiet.
+logging.getLogger("protocol.client").setLevel(logging.ERROR)
 READY_TIMEOUT_S = float(os.environ.get("READY_TIMEOUT_S", "180"))  # heavy models load slowly
 STOP_TIMEOUT_S = 20.0  # SIGTERM grace before SIGKILL (services drain in-flight work)
 
