@@ -20,7 +20,6 @@ import os
 import re
 import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import numpy as np
 from services.exporter.buffer import ZarrOut
 from services.exporter.episode import EpisodeJob, Writer, run_episode
 from services.exporter.errors import ExportError, bad, os_error
-from services.exporter.fsutil import OutputLock, atomic_write_json, sweep_temps
+from services.exporter.fsutil import OutputLock, atomic_write_json, sweep_temps, user_path
 from services.exporter.held import HeldEpisode
 from services.exporter.layout import MANIFEST_FORMAT, MANIFEST_VERSION, Layout
 from services.exporter.masks_out import ARM_ROLES, FORMULA, GRIPPER_ROLES, ArmOnlyWriter, NpzWriter
@@ -74,7 +73,7 @@ def read_done(layout: Layout) -> list[int]:
 
 def read_status(output: str) -> dict[str, Any]:
     """status op: done episodes of an export folder, without opening it."""
-    layout = Layout(Path(output).expanduser().resolve())
+    layout = Layout(user_path(output, "output"))
     if not layout.root.exists():
         return {"done": [], "n_episodes": None, "exists": False}
     if not layout.manifest.exists():
@@ -122,7 +121,7 @@ class Export:
         outs = parse_outputs(outputs)
         opts = ExportOptions.from_dict(options)
         src = SourceBuffer.open(source)
-        layout = Layout(Path(output).expanduser().resolve())
+        layout = Layout(user_path(output, "output"))
         lock = OutputLock(layout.root)
         try:
             src.check_camera(camera_key)

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from services.exporter.errors import ExportError
+from services.exporter.errors import ExportError, bad
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +143,15 @@ class OutputLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def user_path(path: str, field: str) -> Path:
+    """Resolve a path a client sent in `field`; a path the OS cannot name is a bad_request."""
+    if "\x00" in path:
+        raise bad(f"{field}: {path[:200]!r} contains a NUL byte; send a real file system path")
+    try:
+        p = Path(path).expanduser().resolve()
+        p.exists()  # ENAMETOOLONG and friends surface here rather than as `internal` later
+    except (ValueError, OSError) as e:
+        raise bad(f"{field}: {path[:200]!r} is not a usable file system path ({e})") from None
+    return p

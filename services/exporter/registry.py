@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
 from services.exporter.errors import ExportError, bad
 from services.exporter.export import Export, MemoryBudget
+from services.exporter.fsutil import user_path
 from services.exporter.options import ExportOptions, parse_outputs
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class Registry:
 
     def open_export(self, output: str, source: str, camera_key: str, outputs: list[str],
                     options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-        root = Path(output).expanduser().resolve()
+        root = user_path(output, "output")
         with self._lock:
             same = [e for e in self._exports.values() if e.layout.root == root]
             if same:
@@ -43,7 +43,7 @@ class Registry:
         """open_export again on an output open here (a retry): same settings -> same export."""
         want = {"camera_key": camera_key, "outputs": list(parse_outputs(outputs)),
                 "options": ExportOptions.from_dict(options).output_settings()}  # fmt: skip
-        src = str(Path(source).expanduser().resolve())
+        src = str(user_path(source, "source"))
         if want != exp.config or src != str(exp.source.path):
             raise bad(
                 f"output: {exp.layout.root} is already open (export {exp.id}) with other "

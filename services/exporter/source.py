@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from services.exporter.errors import ExportError, bad
+from services.exporter.fsutil import user_path
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class SourceBuffer:
     @classmethod
     def open(cls, path: str) -> SourceBuffer:
         """Open a directory store or a .zip read-only; errors name the path and the fix."""
-        p = Path(path).expanduser().resolve()
+        p = user_path(path, "source")
         if not p.exists():
             raise ExportError("not_found", f"source: {p} does not exist; pass a replay buffer path")
         _register_image_codecs()

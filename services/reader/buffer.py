@@ -30,6 +30,7 @@ from services.reader.errors import (
     InvalidBuffer,
     NotAReplayBuffer,
     OutOfRange,
+    ReaderError,
     UnknownKey,
 )
 from services.reader.meta import ArraySpec, group_attrs, list_arrays, node_kind, read_array
@@ -267,4 +268,10 @@ def _validate_ends(path: str, spec: ArraySpec, ends: np.ndarray) -> np.ndarray:
 
 
 def realpath(path: str) -> str:
-    return os.path.realpath(os.path.expanduser(path))
+    """The canonical absolute path; a path the OS cannot even name is the caller's error."""
+    if "\x00" in path:
+        raise ReaderError(f"path {path[:200]!r}: contains a NUL byte; send a real file system path")
+    try:
+        return os.path.realpath(os.path.expanduser(path))
+    except (ValueError, OSError) as e:
+        raise ReaderError(f"path {path[:200]!r}: not a usable file system path ({e})") from None
