@@ -29,13 +29,15 @@ from typing import Any
 import zmq
 
 from . import security
-from .errors import RemoteError, ServiceUnavailable
+from .errors import UNAVAILABLE, RemoteError, ServiceUnavailable
 from .server import DEFAULT_MAX_MSG_BYTES
 from .wire import WireError, decode, encode
+from .zio import POLLIN, poll, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
 
-COOL_OFF_S = 2.0  # a replica that timed out is not picked again for this long (if others exist)
+# A replica that timed out is skipped this long if others exist (doubling per failure, <= 16x).
+COOL_OFF_S = 2.0
 BACKOFF_S = (0.005, 0.5)  # first and largest pause between `overloaded` retries
 OVERLOAD_RETRIES = 200  # `overloaded` replies tolerated per call before giving up
 
@@ -115,7 +117,8 @@ class Client:
         self._replicas = [_Replica(e) for e in eps]
         self._ids = itertools.count(1)
         self._rr = 0
-        self._poller: zmq.Poller | None = None
+        self._items: list[tuple[zmq.Socket, int]] = []  # poll list, kept as sockets come and go
+        self._socks: dict[zmq.Socket, _Replica] = {}
         self._closed = False
 
     # -- public API ---------------------------------------------------------------------
@@ -160,10 +163,7 @@ class Client:
                     )
                 )
             r.pending.clear()
-            if r.sock is not None:
-                r.sock.close(linger=0)
-                r.sock = None
-        self._poller = None
+            self._drop_socket(r)
         self._closed = True
 
     def __enter__(self) -> Client:
@@ -182,14 +182,27 @@ class Client:
                 security.curve_client(s, server_public=self._curve[0], client_secret=self._curve[1])
             s.connect(r.endpoint)
             r.sock = s
-            self._poller = None  # rebuilt with the new socket on the next poll
+            self._socks[s] = r
+            self._items = [(x, POLLIN) for x in self._socks]
         return r.sock
 
+    def _drop_socket(self, r: _Replica) -> None:
+        """Close a replica's socket (linger 0): replies still in flight to it are lost."""
+        if r.sock is not None:
+            del self._socks[r.sock]
+            self._items = [(x, POLLIN) for x in self._socks]
+            r.sock.close(linger=0)
+            r.sock = None
+
     def _pick(self) -> _Replica:
+        reps = self._replicas
+        if len(reps) == 1:
+            return reps[0]
         now = time.monotonic()
-        live = [r for r in self._replicas if r.down_until <= now] or self._replicas
+        live = [r for r in reps if r.down_until <= now] or reps
         self._rr += 1
         n = len(live)
+        # least loaded first; ties go round-robin so idle replicas share sequential calls
         return min((live[(self._rr + i) % n] for i in range(n)), key=lambda r: len(r.pending))
 
     def _send(self, fut: Future, replica: _Replica | None = None) -> None:
@@ -198,18 +211,20 @@ class Client:
         fut.replica, fut.retry_at = r, None
         fut.expires = time.monotonic() + fut.timeout
         r.pending[fut.id] = fut
-        self._socket(r).send_multipart([b"", *fut.frames], copy=False)
+        send_parts(self._socket(r), [b"", *fut.frames])
 
     def _step(self, waiting: Future) -> None:
         """Wait a little for replies; handle timeouts and due retries."""
-        now = time.monotonic()
         wake = waiting.retry_at if waiting.retry_at is not None else waiting.expires
         for r in self._replicas:
             for f in r.pending.values():
-                wake = min(wake, f.expires)
-        self._poll(max(0.0, wake - now))
+                if f.expires < wake:
+                    wake = f.expires
+        self._poll(wake - time.monotonic())
+        if waiting.state == _DONE:
+            return
         now = time.monotonic()
-        if waiting.retry_at is not None and waiting.state != _DONE and now >= waiting.retry_at:
+        if waiting.retry_at is not None and now >= waiting.retry_at:
             self._send(waiting)
         for r in self._replicas:
             expired = [f for f in r.pending.values() if f.expires <= now]
@@ -217,22 +232,13 @@ class Client:
                 self._on_timeout(r, expired)
 
     def _poll(self, wait_s: float) -> None:
-        if self._poller is None:
-            self._poller = zmq.Poller()
-            for r in self._replicas:
-                if r.sock is not None:
-                    self._poller.register(r.sock, zmq.POLLIN)
-        socks = {r.sock: r for r in self._replicas if r.sock is not None}
-        for sock, _ in self._poller.poll(int(wait_s * 1000) + 1):
-            r = socks.get(sock)
-            if r is None:
-                continue
-            while True:
-                try:
-                    msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                self._on_reply(r, msg)
+        # One message per ready socket per poll: a sync call is one poll + one recv, and the
+        # caller loops (polling again at once) until its own reply is in.
+        ms = int(wait_s * 1000) + 1 if wait_s > 0 else 0
+        for sock, _ in poll(self._items, ms):
+            r = self._socks.get(sock)
+            if r is not None:
+                self._on_reply(r, recv_parts(sock))
 
     def _on_reply(self, r: _Replica, msg: list) -> None:
         payload = msg[1:] if msg and len(msg[0]) == 0 else msg
@@ -248,8 +254,12 @@ class Client:
         if head.get("ok"):
             fut._finish(value=head.get("body") or {})
             return
-        err = head.get("error") or {}
+        err = head.get("error")
+        if not isinstance(err, dict):
+            err = {"message": f"malformed error reply: {err!r}"}
         code = err.get("code", "internal")
+        if code == UNAVAILABLE and len(self._replicas) > 1:
+            r.down_until = time.monotonic() + COOL_OFF_S  # shutting down: prefer the others
         if err.get("retryable") and fut.overloads < OVERLOAD_RETRIES:
             fut.overloads += 1
             fut.retry_at = time.monotonic() + min(
@@ -264,14 +274,11 @@ class Client:
     def _on_timeout(self, r: _Replica, expired: list[Future]) -> None:
         """Lazy Pirate: close the socket, remake it, resend idempotent requests."""
         r.failures += 1
-        if len(self._replicas) > 1:
-            r.down_until = time.monotonic() + COOL_OFF_S
+        if len(self._replicas) > 1:  # skip it for a while, longer after each silent spell
+            r.down_until = time.monotonic() + COOL_OFF_S * 2 ** min(r.failures - 1, 4)
         orphans = list(r.pending.values())  # the fresh socket cannot receive their replies
         r.pending.clear()
-        if r.sock is not None:
-            r.sock.close(linger=0)
-            r.sock = None
-            self._poller = None
+        self._drop_socket(r)
         log.warning("%s: no reply from %s within %.1fs (%s); socket reset", self.name, r.endpoint,
                     expired[0].timeout, ", ".join(f.op for f in expired[:4]))  # fmt: skip
         for f in orphans:

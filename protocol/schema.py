@@ -135,8 +135,18 @@ def _check(tp: Any, v: Any, path: str) -> Any:
 
 
 def _show(tp: Any) -> str:
+    """A readable annotation: `list[float] | None`, `array`, `Point`, `one of ['a', 'b']`."""
     if tp is np.ndarray:
-        return "an array"
+        return "array"
+    if tp is type(None):
+        return "None"
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_show(a) for a in args)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin in (list, dict) and args:
+        return f"{origin.__name__}[{', '.join(_show(a) for a in args)}]"
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")

@@ -12,13 +12,15 @@ Usage:
 The socket thread (the one that calls serve) only does IO: it decodes headers, answers the
 built-in `ping` and `info` itself (so health checks answer even when workers are busy),
 answers `timeout` for requests whose deadline passed, `overloaded` when the queue is full,
-and hands the rest to `workers` threads. Workers send replies back over an inproc socket;
-the socket thread forwards their frames without copying. A bad message always gets an
-error reply, never a dead server. Plain REQ clients work (ROUTER envelopes are kept).
+and hands the rest to `workers` threads. Workers put finished replies in an outbox and wake
+the socket thread with an empty inproc message; it sends the frames without copying. A bad
+message always gets an error reply, never a dead server. Plain REQ clients work (ROUTER
+envelopes are kept).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -38,6 +40,7 @@ from . import errors, security
 from .errors import ServiceError
 from .schema import describe, parse
 from .wire import PROTOCOL_VERSION, WireError, decode, encode
+from .zio import POLLIN, poll, recv_parts, send_parts, split_envelope
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +105,16 @@ class Service:
         self.ops: dict[str, OpSpec] = {}
         self._info_hooks: list[Callable[[], dict]] = []
         self._close_hooks: list[Callable[[], None]] = []
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)  # remade by serve()
+        # Jobs for the workers. A SimpleQueue (C, lock-free for the producer) is several times
+        # cheaper than queue.Queue; the bound is kept by counting: _submitted is written only by
+        # the socket thread, _taken only under _lock by workers.
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # remade by serve()
+        self._outbox: collections.deque[list] = collections.deque()  # finished replies
+        self._submitted = 0
+        self._taken = 0
         self._in_flight = 0
-        self._served = 0
+        self._served_io = 0  # answered on the socket thread (ping, info, errors); only it writes
+        self._served = 0  # answered by workers, under _lock
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -151,8 +161,8 @@ class Service:
             "endpoint": self.endpoint,
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self._started, 3),
-            "requests_served": self._served,
-            "queue_depth": self._queue.qsize(),
+            "requests_served": self._served + self._served_io,
+            "queue_depth": self.queue_depth,
             "in_flight": self._in_flight,
             "workers": self.workers,
             "queue_size": self.queue_size,
@@ -163,6 +173,11 @@ class Service:
             except Exception as e:  # an info hook must never take `info` down
                 out.setdefault("info_errors", []).append(f"{type(e).__name__}: {e}")
         return out
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests accepted but not yet picked up by a worker."""
+        return self._submitted - self._taken
 
     # -- serving ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -181,7 +196,13 @@ class Service:
     ) -> None:
         """Bind and serve until SIGTERM/SIGINT (or request_stop()); then drain and return."""
         security.check_bind(bind, curve=curve_secret is not None, insecure=insecure)
-        self._queue = queue.Queue(maxsize=self.queue_size)
+        if self.workers < 1 or self.queue_size < 1:
+            raise ValueError(
+                f"workers and queue_size: must be >= 1, got {self.workers} and {self.queue_size}"
+            )
+        self._queue = queue.SimpleQueue()
+        self._outbox = collections.deque()
+        self._submitted = self._taken = 0
         self._stop.clear()
         ctx = zmq.Context()
         sock = ctx.socket(zmq.ROUTER)
@@ -233,142 +254,156 @@ class Service:
             sock.close(linger=2000)
             if auth is not None:
                 auth.stop()
-            ctx.term()
-            log.info("%s stopped after %d requests", self.name, self._served)
+            stuck = [t.name for t in threads if t.is_alive()]
+            if stuck:  # their sockets stay open, so ctx.term() would wait for them forever
+                log.warning("%s: %s still busy after %.0f s; exiting without them", self.name,
+                            ", ".join(stuck), DRAIN_TIMEOUT_S)  # fmt: skip
+            else:
+                ctx.term()
+            log.info("%s stopped after %d requests", self.name, self._served + self._served_io)
 
     def _loop(self, sock: zmq.Socket, replies: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(replies, zmq.POLLIN)
-        while not self._stop.is_set():
-            events = dict(poller.poll(POLL_MS))
-            if replies in events:
-                self._forward_replies(sock, replies)
-            if sock in events:
-                for _ in range(64):  # bounded burst, then look at replies again
-                    try:
-                        msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._on_request(sock, msg)
+        # One message per ready socket per poll: a sync request costs one poll and one recv
+        # (no failing NOBLOCK recv to end a burst), and bursts still drain at poll(0) speed.
+        items = [(sock, POLLIN), (replies, POLLIN)]
+        stop = self._stop
+        while not stop.is_set():
+            for s, _ in poll(items, POLL_MS):
+                try:
+                    if s is replies:
+                        self._forward_reply(sock, replies)
+                    else:
+                        self._on_request(sock, recv_parts(sock))
+                except Exception:  # never let one message take the socket thread down
+                    log.exception("%s: socket thread error (message dropped)", self.name)
+
+    def _forward_reply(self, sock: zmq.Socket, replies: zmq.Socket) -> None:
+        """One wake-up from a worker = one finished reply waiting in the outbox: send it."""
+        replies.recv(0, True)  # the empty wake-up frame
+        send_parts(sock, self._outbox.popleft())
 
     def _forward_replies(self, sock: zmq.Socket, replies: zmq.Socket) -> None:
-        while True:
-            try:
-                out = replies.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            sock.send_multipart(out, copy=False)
+        while poll([(replies, POLLIN)], 0):
+            self._forward_reply(sock, replies)
 
     def _drain(
         self, sock: zmq.Socket, replies: zmq.Socket, threads: list[threading.Thread]
     ) -> None:
         """Stop taking work, let queued and in-flight requests finish, send their replies."""
-        log.info(
-            "%s: stopping; draining %d queued, %d in flight",
-            self.name,
-            self._queue.qsize(),
-            self._in_flight,
-        )
+        log.info("%s: stopping; draining %d queued, %d in flight", self.name, self.queue_depth,
+                 self._in_flight)  # fmt: skip
         for _ in threads:
             self._queue.put(None)  # after the queued jobs: workers finish those first
         end = time.monotonic() + DRAIN_TIMEOUT_S
-        poller = zmq.Poller()
-        poller.register(replies, zmq.POLLIN)
-        poller.register(sock, zmq.POLLIN)
+        items = [(replies, POLLIN), (sock, POLLIN)]
         while any(t.is_alive() for t in threads) and time.monotonic() < end:
-            events = dict(poller.poll(50))
-            if replies in events:
-                self._forward_replies(sock, replies)
-            if sock in events:  # new requests during the drain: tell them to go elsewhere
-                while True:
+            for s, _ in poll(items, 50):
+                if s is replies:
+                    self._forward_reply(sock, replies)
+                    continue
+                # A new request during the drain: tell it to go elsewhere (retryable).
+                env, payload = split_envelope(recv_parts(sock))
+                if payload:
+                    msg_id = op = None
                     try:
-                        msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    env, payload = _split_envelope(msg)
-                    if payload:
-                        sock.send_multipart(env + _error_frames(None, None, errors.UNAVAILABLE,
-                                                                f"{self.name} is shutting down"), copy=False)  # fmt: skip
+                        head = decode(payload)
+                        msg_id, op = head.get("id"), head.get("op")
+                    except WireError as e:
+                        msg_id, op = e.msg_id, e.op
+                    except Exception:
+                        pass
+                    send_parts(sock, env + _error_frames(msg_id, op, errors.UNAVAILABLE,
+                                        f"{self.name} is shutting down; try another replica"))  # fmt: skip
         self._forward_replies(sock, replies)
 
+    def _reply_error(self, sock: zmq.Socket, env: list, msg_id: Any, op: Any, code: str,
+                     message: str) -> None:  # fmt: skip
+        self._served_io += 1
+        send_parts(sock, env + _error_frames(msg_id, op, code, message))
+
     def _on_request(self, sock: zmq.Socket, msg: list) -> None:
-        env, payload = _split_envelope(msg)
+        env, payload = split_envelope(msg)
         if not payload:
             return  # an envelope with nothing in it: nothing to answer
         try:
             head = decode(payload)
         except WireError as e:
-            sock.send_multipart(env + _error_frames(e.msg_id, e.op, e.code, e.message), copy=False)
-            return
+            return self._reply_error(sock, env, e.msg_id, e.op, e.code, e.message)
+        except Exception as e:  # a decoder bug must not take the socket thread down
+            log.exception("%s: decoding a request failed", self.name)
+            return self._reply_error(sock, env, None, None, errors.INTERNAL,
+                                     f"decoding failed: {type(e).__name__}: {e}")  # fmt: skip
         msg_id, op_name = head.get("id"), head.get("op")
         if not isinstance(op_name, str):
-            sock.send_multipart(env + _error_frames(msg_id, None, errors.BAD_REQUEST,
-                                                    "op: missing or not a string"), copy=False)  # fmt: skip
-            return
-        if not (msg_id is None or (isinstance(msg_id, int) and not isinstance(msg_id, bool))):
-            sock.send_multipart(env + _error_frames(None, op_name, errors.BAD_REQUEST,
-                                                    "id: must be an integer"), copy=False)  # fmt: skip
-            return
+            return self._reply_error(sock, env, msg_id, None, errors.BAD_REQUEST,
+                                     f"op: missing or not a string (got {op_name!r}); "
+                                     f"send the op name, e.g. \"ping\"")  # fmt: skip
+        if not (msg_id is None or (type(msg_id) is int)):
+            return self._reply_error(sock, env, None, op_name, errors.BAD_REQUEST,
+                                     f"id: must be an integer, got {type(msg_id).__name__}")  # fmt: skip
         deadline = head.get("deadline")
         if deadline is not None:
-            if (
-                not isinstance(deadline, int | float)
-                or isinstance(deadline, bool)
-                or deadline != deadline
-            ):
-                sock.send_multipart(env + _error_frames(msg_id, op_name, errors.BAD_REQUEST,
-                                    "deadline: must be a number of seconds"), copy=False)  # fmt: skip
-                return
+            if type(deadline) not in (int, float) or deadline != deadline:
+                return self._reply_error(sock, env, msg_id, op_name, errors.BAD_REQUEST,
+                                         "deadline: must be a number of seconds (the time the "
+                                         "client still waits), or absent")  # fmt: skip
             if deadline <= 0:
-                sock.send_multipart(env + _error_frames(msg_id, op_name, errors.TIMEOUT,
-                                    "deadline already passed when the request arrived"), copy=False)  # fmt: skip
-                return
-            deadline = time.monotonic() + float(deadline)
-        if op_name == "ping":
-            self._served += 1
-            out = encode({"id": msg_id, "op": "ping", "ok": True, "body": {"service": self.name}})
-            sock.send_multipart(env + out, copy=False)
-            return
-        if op_name == "info":
-            self._served += 1
-            sock.send_multipart(env + encode({"id": msg_id, "op": "info", "ok": True, "body": self.info()}),
-                                copy=False)  # fmt: skip
-            return
+                return self._reply_error(sock, env, msg_id, op_name, errors.TIMEOUT,
+                                         "deadline already passed when the request arrived; "
+                                         "work not done")  # fmt: skip
+            deadline = time.monotonic() + deadline
         spec = self.ops.get(op_name)
         if spec is None:
+            if op_name == "ping":
+                self._served_io += 1
+                out = encode({"id": msg_id, "op": "ping", "ok": True,
+                              "body": {"service": self.name}})  # fmt: skip
+                return send_parts(sock, env + out)
+            if op_name == "info":
+                try:
+                    out = encode({"id": msg_id, "op": "info", "ok": True, "body": self.info()})
+                except TypeError as e:  # an add_info hook returned something msgpack cannot carry
+                    return self._reply_error(sock, env, msg_id, op_name, errors.INTERNAL,
+                                             f"info: {e}")  # fmt: skip
+                self._served_io += 1
+                return send_parts(sock, env + out)
             known = ", ".join(sorted(["ping", "info", *self.ops]))
-            sock.send_multipart(env + _error_frames(msg_id, op_name, errors.UNSUPPORTED,
-                                f"op {op_name!r} is not offered by {self.name}; ops: {known}"), copy=False)  # fmt: skip
-            return
-        job = _Job(env, msg_id, spec, head.get("body"), deadline, payload)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            sock.send_multipart(env + _error_frames(msg_id, op_name, errors.OVERLOADED,
-                                f"{self.name}: queue full ({self.queue_size} waiting); retry later"), copy=False)  # fmt: skip
+            return self._reply_error(sock, env, msg_id, op_name, errors.UNSUPPORTED,
+                                     f"op {op_name!r} is not offered by {self.name}; ops: {known}")  # fmt: skip
+        if self._submitted - self._taken >= self.queue_size:
+            return self._reply_error(sock, env, msg_id, op_name, errors.OVERLOADED,
+                                     f"{self.name}: queue full ({self.queue_size} waiting); "
+                                     f"retry later or add a replica")  # fmt: skip
+        self._submitted += 1
+        self._queue.put(_Job(env, msg_id, spec, head.get("body"), deadline, payload))
 
     def _worker(self, ctx: zmq.Context, inproc: str) -> None:
-        out = ctx.socket(zmq.PUSH)
-        out.setsockopt(zmq.LINGER, 0)
-        out.connect(inproc)
+        # A finished reply goes into the outbox (a deque: thread-safe append/popleft) and an
+        # empty frame on the inproc PUSH wakes the socket thread, which sends it. Passing the
+        # frames themselves through inproc would cost a second multipart send and receive.
+        wake = ctx.socket(zmq.PUSH)
+        wake.setsockopt(zmq.LINGER, 0)
+        wake.connect(inproc)
+        lock, outbox = self._lock, self._outbox
         try:
             while True:
                 job = self._queue.get()
                 if job is None:
                     return
-                with self._lock:
+                with lock:
+                    self._taken += 1
                     self._in_flight += 1
                 try:
                     frames = self._run(job)
                 finally:
-                    with self._lock:
+                    with lock:
                         self._in_flight -= 1
                         self._served += 1
-                out.send_multipart(job.envelope + frames, copy=False)
-                job = None  # drop references to the request's buffers promptly
+                outbox.append(job.envelope + frames)
+                wake.send(b"", 0, True)
+                job = frames = None  # drop references to the request's buffers promptly
         finally:
-            out.close()
+            wake.close()
 
     def _run(self, job: _Job) -> list:
         name = job.op.name
@@ -386,13 +421,6 @@ class Service:
         except Exception as e:
             log.exception("%s: op %s failed", self.name, name)
             return _error_frames(job.msg_id, name, errors.INTERNAL, f"{type(e).__name__}: {e}")
-
-
-def _split_envelope(msg: list) -> tuple[list, list]:
-    """ROUTER frames -> (envelope, payload). REQ (and our DEALER) put an empty delimiter."""
-    if len(msg) >= 2 and len(msg[1]) == 0:
-        return msg[:2], msg[2:]
-    return msg[:1], msg[1:]
 
 
 def service_main(

@@ -4,7 +4,7 @@ Usage:
     frames = encode({"op": "frames", "id": 7, "body": {"frames": arr}})   # list of buffers
     msg = decode(received_frames)           # -> dict; arrays are read-only views (no copy)
 
-Frame 0 is a 12-byte prefix followed by a msgpack header:
+Frame 0 is a 12-byte prefix followed by a msgpack header (byte-level spec: protocol/README.md):
 
     offset  size  field
     0       4     magic b"MMSH"
@@ -20,22 +20,24 @@ themselves (a msgpack bin) for small arrays sent inline. Inside `body` an array 
 extension type 1 whose 4-byte payload is the big-endian uint32 index into that table.
 Every out-of-band frame is referenced by exactly one entry; missing or extra frames are errors.
 
-Buffer lifetime: decoded arrays are np.frombuffer views of the received zmq frames and stay
-valid as long as the array (which holds a reference to the frame) lives. They are read-only;
-copy one (np.array(a)) to mutate it. On send, the encoder keeps a reference to each array
-until zmq is done with it (pyzmq copy=False holds the buffer), so do not mutate an array
-you passed to send until the call returned.
+Buffer lifetime: decoded arrays are read-only np.frombuffer views of the received zmq frames
+and stay valid as long as the array (which holds a reference to the frame) lives; copy one
+(np.array(a)) to mutate it. On send, out-of-band frames are the arrays themselves (pyzmq
+copy=False keeps a reference until libzmq is done), so do not mutate an array you passed to
+send until the call returned. An array that is a whole, unchanged view of a received frame
+(a handler returning its input) is sent as that zmq.Frame: libzmq shares the buffer by
+reference count instead of registering a new zero-copy buffer.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
+import zmq
 
 from .errors import BAD_REQUEST, VERSION_MISMATCH
 
@@ -49,6 +51,8 @@ INLINE_MAX_BYTES = 1024  # arrays smaller than this travel inside the header
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a header (body included) above this is refused
 MAX_NDIM = 32  # numpy's own limit is 64; nothing in this mesh needs more than 5
 MAX_FRAMES = 4096  # arrays in one message
+MAX_DEPTH = 64  # nesting depth of a body that carries arrays
+MAX_DIM = 1 << 48  # largest single dimension (only an empty array can declare one this big)
 
 _ALLOWED = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
             np.uint64, np.float16, np.float32, np.float64]  # fmt: skip
@@ -57,6 +61,9 @@ for _t in _ALLOWED:
     _d = np.dtype(_t)
     ALLOWED_DTYPES[_d.str] = _d  # native little-endian ("<f4") or byte-order-free ("|u1")
     ALLOWED_DTYPES[_d.newbyteorder(">").str] = _d.newbyteorder(">")  # accepted on receive
+_SENDABLE = frozenset(d.str for d in ALLOWED_DTYPES.values() if d.byteorder != ">")
+_Frame = zmq.Frame
+_EXT_REFS = [msgpack.ExtType(EXT_ARRAY, struct.pack(">I", i)) for i in range(256)]  # common refs
 
 
 class WireError(Exception):
@@ -70,48 +77,67 @@ class WireError(Exception):
         self.op = op
 
 
-@dataclass(frozen=True, slots=True)
 class _ArrayRef:
-    index: int
+    """A decoded ext-1 value: an index into the arrays table (resolved before decode returns)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
 
 
 def _check_dtype(a: np.ndarray) -> np.ndarray:
     dt = a.dtype
-    if dt.str in ALLOWED_DTYPES and dt.byteorder != ">":
+    if dt.str in _SENDABLE:
         return a
     if dt.kind in "biuf" and dt.newbyteorder("<").str in ALLOWED_DTYPES:
         return a.astype(dt.newbyteorder("<"))  # big-endian -> little-endian, once
     raise TypeError(
-        f"array dtype {dt!r} cannot travel on the wire: only bool, int8-64, uint8-64 and "
+        f"array dtype {dt} cannot travel on the wire: only bool, int8-64, uint8-64 and "
         f"float16/32/64 are supported (object, void, string and complex arrays are refused; "
         f"convert them first). Pickle is never used."
     )
 
 
-def encode(header: dict, *, inline_max: int = INLINE_MAX_BYTES) -> list:
-    """Encode a header dict (with numpy arrays anywhere in `body`) into frames.
+def _received_frame(a: np.ndarray) -> zmq.Frame | None:
+    """The zmq.Frame `a` views, if `a` (C-contiguous) covers all of it (then it is sent as is)."""
+    base, first = a.base, a
+    while type(base) is np.ndarray:
+        base, first = base.base, base
+    if type(base) is not memoryview or not isinstance(base.obj, _Frame):
+        return None
+    # The memoryview and `first` span the whole frame; a contiguous view of it with as many
+    # bytes must start at its first byte and end at its last (views never reach outside).
+    n = len(base.obj)
+    return base.obj if base.nbytes == n and first.nbytes == n and a.nbytes == n else None
 
-    Returns [frame0 bytes, buffer1, buffer2, ...]; buffers are contiguous numpy arrays that
-    zmq can send with copy=False. Non-contiguous / Fortran arrays are made C-contiguous once.
-    """
-    table: list = []
-    frames: list = [b""]
 
-    def default(obj: Any) -> Any:
+class _Encoder:
+    """msgpack `default` hook for one message: collects the arrays table and frames."""
+
+    __slots__ = ("table", "frames", "inline_max")
+
+    def __init__(self, inline_max: int):
+        self.table: list = []
+        self.frames: list = [b""]
+        self.inline_max = inline_max
+
+    def __call__(self, obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
             a = _check_dtype(obj)
             if not a.flags.c_contiguous:
-                a = np.ascontiguousarray(a)
-            idx = len(table)
-            if a.nbytes < inline_max:
-                table.append([a.dtype.str, list(a.shape), a.nbytes, a.tobytes()])
+                a = np.ascontiguousarray(a)  # Fortran order / strided views: one copy, here
+            idx = len(self.table)
+            if a.nbytes < self.inline_max:
+                self.table.append([a.dtype.str, list(a.shape), a.nbytes, a.tobytes()])
             else:
-                frames.append(a)
-                table.append([a.dtype.str, list(a.shape), a.nbytes, len(frames) - 1])
-            return msgpack.ExtType(EXT_ARRAY, struct.pack(">I", idx))
-        if isinstance(obj, np.generic):  # numpy scalars -> plain Python numbers
-            if isinstance(obj, np.bool_ | np.integer | np.floating):
-                return obj.item()
+                self.frames.append(_received_frame(a) or a)
+                self.table.append([a.dtype.str, list(a.shape), a.nbytes, len(self.frames) - 1])
+            return (
+                _EXT_REFS[idx] if idx < 256 else msgpack.ExtType(EXT_ARRAY, struct.pack(">I", idx))
+            )
+        if isinstance(obj, np.bool_ | np.integer | np.floating):  # numpy scalars -> Python numbers
+            return obj.item()
         if isinstance(obj, tuple | set | frozenset):
             return list(obj)
         raise TypeError(
@@ -119,40 +145,57 @@ def encode(header: dict, *, inline_max: int = INLINE_MAX_BYTES) -> list:
             f"(None, bool, int, float, str, bytes, list, dict) or numpy arrays; pickle is never used"
         )
 
-    body = msgpack.packb(header.get("body"), default=default, use_bin_type=True)
-    # The arrays table is only known once the body is packed, so the header map is written
-    # by hand: its other entries, the table, then the already packed body.
-    head = {k: v for k, v in header.items() if k not in ("body", "arrays")}
-    parts = [_PACKER.pack_map_header(len(head) + 2)]
-    for k, v in head.items():
-        parts.append(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True, default=default))
-    parts.append(msgpack.packb("arrays") + msgpack.packb(table, use_bin_type=True))
-    parts.append(msgpack.packb("body") + body)
-    header_bytes = b"".join(parts)
-    frames[0] = PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, len(header_bytes)) + header_bytes
-    return frames
+
+def encode(header: dict, *, inline_max: int = INLINE_MAX_BYTES) -> list:
+    """Encode a header dict (with numpy arrays anywhere in `body`) into frames.
+
+    Returns [frame0 bytes, buffer1, buffer2, ...]; buffers are contiguous numpy arrays (or
+    received zmq.Frames) that zmq sends with copy=False. Non-contiguous / Fortran arrays are
+    made C-contiguous once. Raises TypeError for values msgpack cannot carry.
+    """
+    enc = _Encoder(inline_max)
+    p = msgpack.Packer(default=enc, use_bin_type=True, autoreset=False)
+    # The arrays table is only complete once the body is packed, so the map is written pair by
+    # pair: the other entries, then the body, then the table (map order carries no meaning).
+    keys = [k for k in header if k != "body" and k != "arrays"]
+    p.pack_map_header(len(keys) + 2)
+    for k in keys:
+        p.pack(k)
+        p.pack(header[k])
+    p.pack("body")
+    p.pack(header.get("body"))
+    p.pack("arrays")
+    p.pack(enc.table)
+    head = p.bytes()
+    enc.frames[0] = PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, len(head)) + head
+    return enc.frames
 
 
-_PACKER = msgpack.Packer()
+class _ExtHook:
+    """msgpack ext_hook for one message: array references; remembers whether it saw any."""
 
+    __slots__ = ("seen",)
 
-MAX_DEPTH = 64  # nesting depth of a body that carries arrays
+    def __init__(self):
+        self.seen = False
 
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code != EXT_ARRAY or len(data) != 4:
-        raise WireError(
-            f"header: unknown msgpack extension type {code} (only {EXT_ARRAY} = array ref)"
-        )
-    return _ArrayRef(struct.unpack(">I", data)[0])
+    def __call__(self, code: int, data: bytes) -> Any:
+        if code != EXT_ARRAY or len(data) != 4:
+            raise WireError(
+                f"header: unknown msgpack extension type {code} (only {EXT_ARRAY} = array ref)"
+            )
+        self.seen = True
+        return _ArrayRef(int.from_bytes(data, "big"))
 
 
 def _buf(frame: Any) -> memoryview:
+    if isinstance(frame, _Frame):
+        return frame.buffer  # received with copy=False: a view of libzmq's message
     if isinstance(frame, bytes | bytearray | memoryview):
         return memoryview(frame).cast("B")
     if isinstance(frame, np.ndarray):  # an encoded but never sent frame (in-process use, tests)
         return memoryview(frame.reshape(-1).view(np.uint8))
-    return frame.buffer  # zmq.Frame received with copy=False
+    raise WireError(f"message: frame of type {type(frame).__name__} is not a buffer")
 
 
 def decode(frames: list) -> dict:
@@ -162,10 +205,9 @@ def decode(frames: list) -> dict:
     if len(frames) > MAX_FRAMES + 1:
         raise WireError(f"message: {len(frames)} frames exceeds the limit of {MAX_FRAMES + 1}")
     f0 = _buf(frames[0])
-    if len(f0) < PREFIX_SIZE:
-        raise WireError(
-            f"prefix: frame 0 has {len(f0)} bytes, the fixed prefix needs {PREFIX_SIZE}"
-        )
+    n0 = len(f0)
+    if n0 < PREFIX_SIZE:
+        raise WireError(f"prefix: frame 0 has {n0} bytes, the fixed prefix needs {PREFIX_SIZE}")
     magic, version, _flags, hlen = PREFIX.unpack_from(f0)
     if magic != MAGIC:
         raise WireError(
@@ -177,31 +219,34 @@ def decode(frames: list) -> dict:
             f"upgrade the older side",
             code=VERSION_MISMATCH,
         )
-    if hlen != len(f0) - PREFIX_SIZE:
+    if hlen != n0 - PREFIX_SIZE:
         raise WireError(
-            f"prefix: declared header length {hlen} but frame 0 carries {len(f0) - PREFIX_SIZE} bytes"
+            f"prefix: declared header length {hlen} but frame 0 carries {n0 - PREFIX_SIZE} bytes"
         )
     if hlen > MAX_HEADER_BYTES:
         raise WireError(f"prefix: header of {hlen} bytes exceeds the limit of {MAX_HEADER_BYTES}")
+    lim = min(hlen, 1 << 20)  # no container can hold more items than the header has bytes
+    hook = _ExtHook()
     try:
         head = msgpack.unpackb(
-            f0[PREFIX_SIZE:], raw=False, ext_hook=_ext_hook, strict_map_key=False,
-            max_str_len=hlen, max_bin_len=hlen,
-            max_array_len=min(hlen, 1 << 20), max_map_len=min(hlen, 1 << 20), max_ext_len=16,
+            f0[PREFIX_SIZE:], raw=False, ext_hook=hook, strict_map_key=False,
+            max_str_len=hlen, max_bin_len=hlen, max_array_len=lim, max_map_len=lim, max_ext_len=16,
         )  # fmt: skip
     except WireError:
         raise
     except Exception as e:  # msgpack raises several types for garbage and deep nesting
         raise WireError(f"header: not valid msgpack ({type(e).__name__}: {e})") from None
-    if not isinstance(head, dict):
+    if type(head) is not dict:
         raise WireError(f"header: must be a msgpack map, got {type(head).__name__}")
-    msg_id, op = head.get("id"), head.get("op")
+    table = head.get("arrays")
+    if not table and len(frames) == 1 and not hook.seen:
+        return head  # no arrays: the common small message
     try:
-        arrays = _decode_arrays(head.get("arrays", []), frames)
-        if arrays:
+        arrays = _decode_arrays(table if table is not None else [], frames)
+        if hook.seen:
             head["body"] = _resolve(head.get("body"), arrays, 0)
     except WireError as e:
-        e.msg_id, e.op = msg_id, op
+        e.msg_id, e.op = head.get("id"), head.get("op")
         raise
     return head
 
@@ -222,8 +267,9 @@ def _decode_arrays(table: Any, frames: list) -> list:
             )
         if not (isinstance(shape, list) and len(shape) <= MAX_NDIM):
             raise WireError(f"arrays[{i}].shape: must be a list of at most {MAX_NDIM} ints")
-        if not all(type(s) is int and s >= 0 for s in shape):
-            raise WireError(f"arrays[{i}].shape: {shape!r} must hold non-negative ints")
+        for s in shape:
+            if type(s) is not int or not 0 <= s <= MAX_DIM:
+                raise WireError(f"arrays[{i}].shape: {shape!r} must hold ints in 0..{MAX_DIM}")
         expect = math.prod(shape) * dt.itemsize
         if type(nbytes) is not int or nbytes != expect:
             raise WireError(
@@ -239,14 +285,17 @@ def _decode_arrays(table: Any, frames: list) -> list:
             if where in used:
                 raise WireError(f"arrays[{i}].frame: frame {where} is referenced twice")
             used.add(where)
-            buf = _buf(frames[where])
+            f = frames[where]
+            buf = f.buffer if type(f) is _Frame else _buf(f)
         else:
             raise WireError(f"arrays[{i}]: where must be a frame index or inline bytes")
         if len(buf) != nbytes:  # buffers here are 1-d bytes, so len() is the byte count
             raise WireError(
                 f"arrays[{i}]: declared {nbytes} bytes but the frame carries {len(buf)}"
             )
-        out.append(np.frombuffer(buf, dtype=dt).reshape(shape))
+        a = np.frombuffer(buf, dtype=dt).reshape(shape)  # a view of the frame: no copy
+        a.flags.writeable = False  # the frame may be shared (e.g. sent on as a reply)
+        out.append(a)
     if len(used) != len(frames) - 1:
         extra = sorted(set(range(1, len(frames))) - used)
         raise WireError(
@@ -256,16 +305,32 @@ def _decode_arrays(table: Any, frames: list) -> list:
 
 
 def _resolve(obj: Any, arrays: list, depth: int) -> Any:
+    """Replace array references inside the decoded body with the arrays, in place."""
     if depth > MAX_DEPTH:
         raise WireError(f"body: nesting deeper than {MAX_DEPTH} levels")
-    if isinstance(obj, _ArrayRef):
-        if obj.index >= len(arrays):
-            raise WireError(
-                f"body: array reference {obj.index} but the table has {len(arrays)} entries"
-            )
-        return arrays[obj.index]
-    if isinstance(obj, dict):
-        return {k: _resolve(v, arrays, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_resolve(v, arrays, depth + 1) for v in obj]
+    t = type(obj)
+    if t is _ArrayRef:
+        return _array_at(obj, arrays)
+    if t is dict:
+        for k, v in obj.items():  # assigning existing keys while iterating is allowed
+            tv = type(v)
+            if tv is _ArrayRef:
+                obj[k] = _array_at(v, arrays)
+            elif tv is dict or tv is list:
+                _resolve(v, arrays, depth + 1)
+    elif t is list:
+        for i, v in enumerate(obj):
+            tv = type(v)
+            if tv is _ArrayRef:
+                obj[i] = _array_at(v, arrays)
+            elif tv is dict or tv is list:
+                _resolve(v, arrays, depth + 1)
     return obj
+
+
+def _array_at(ref: _ArrayRef, arrays: list) -> np.ndarray:
+    if ref.index >= len(arrays):
+        raise WireError(
+            f"body: array reference {ref.index} but the table has {len(arrays)} entries"
+        )
+    return arrays[ref.index]
