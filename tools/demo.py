@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         if key in scores and scores[key]["iou"] < floor:
             failed.append(f"{key} IoU {scores[key]['iou']:.3f} is below {floor}")
     seconds = time.monotonic() - t0
-    frames = scores.get("rgbm", {}).get("frames", 0)
+    frames = sum(s["frames"] for s in scores.values())  # frames processed, both pipelines
     report.update({"seconds": round(seconds, 1), "frames": frames, "failed": failed})
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(f"\n{'pipeline':<10}{'IoU':>8}  per episode")

@@ -26,6 +26,7 @@ from protocol.server import Service
 from services.sam import __version__
 from services.sam.backends import BACKENDS, DIRECTIONS, create_backend
 from services.sam.sessions import SessionManager
+from services.sam.validation import check_box, check_points
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +194,10 @@ def build_service(backend: str, options: dict) -> Service:
         if not kinds:
             raise BadRequest("segment_image: give boxes and/or points (+labels)")
         mgr.check_kinds(kinds)
-        pts, lab = mgr.check_points(req.points, req.labels, False, h, w)
+        pts, lab = check_points(req.points, req.labels, False, h, w)
         boxes = None
         if req.boxes:
-            boxes = np.stack([mgr.check_box(b, False, h, w) for b in req.boxes])  # (n, 4)
+            boxes = np.stack([check_box(b, False, h, w) for b in req.boxes])  # (n, 4)
         try:
             out = model.segment_image(img, boxes, pts, lab)  # (n, H, W) bool
         except ValueError as e:

@@ -32,6 +32,7 @@ import numpy as np
 from protocol.errors import BadRequest, NotFound, Overloaded, Unsupported
 from protocol.masks import pack
 from services.sam.backends.base import DIRECTIONS, SamBackend, propagation_windows
+from services.sam.validation import check_box, check_mask, check_points
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +262,12 @@ class SessionManager:
             for k, v in (("points", points), ("box", box), ("mask", mask), ("text", text))
             if v is not None
         ]
-        pts, lab = self.check_points(points, labels, rel, s.height, s.width)
+        pts, lab = check_points(points, labels, rel, s.height, s.width)
         if not kinds:
             raise BadRequest("add_prompt: give at least one of points (+labels), box, mask, text")
         self.check_kinds(kinds)
-        bx = self.check_box(box, rel, s.height, s.width) if box is not None else None
-        mk = self.check_mask(mask, s.height, s.width) if mask is not None else None
+        bx = check_box(box, rel, s.height, s.width) if box is not None else None
+        mk = check_mask(mask, s.height, s.width) if mask is not None else None
         if text is not None and not text.strip():
             raise BadRequest("text: empty; describe the object, e.g. 'left robot arm'")
         with s.lock:
@@ -294,92 +295,6 @@ class SessionManager:
                 f"{self.backend.name!r} (supports {sorted(self.backend.prompt_kinds)}); "
                 "use another prompt kind or a backend that supports it"
             )
-
-    @staticmethod
-    def check_points(
-        points: Sequence[Sequence[float]] | None,
-        labels: Sequence[int] | None,
-        rel: bool,
-        height: int,
-        width: int,
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Validate points/labels; returns ((N, 2) float32 abs px, (N,) int32) or (None, None)."""
-        if points is None and labels is None:
-            return None, None
-        if points is None:
-            raise BadRequest("labels: given without points; send points [[x, y], ...] too")
-        if labels is None:
-            raise BadRequest("labels: required with points (1 = foreground, 0 = background)")
-        try:
-            pts = np.asarray(points, np.float64)
-        except (TypeError, ValueError) as e:
-            raise BadRequest(f"points: must be a list of [x, y] numbers ({e})") from None
-        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
-            raise BadRequest(f"points: must be a non-empty list of [x, y], got shape {pts.shape}")
-        if not np.isfinite(pts).all():
-            raise BadRequest("points: contain NaN or inf")
-        if len(labels) != len(pts):
-            raise BadRequest(
-                f"labels: {len(labels)} labels for {len(pts)} points; give one label per point"
-            )
-        lab = np.asarray(labels)
-        if lab.dtype.kind not in "iub" or not np.isin(lab, (0, 1)).all():
-            raise BadRequest(
-                f"labels: must be 0 (background) or 1 (foreground), got {list(labels)}"
-            )
-        if rel:
-            bad = (pts < 0) | (pts > 1)
-            if bad.any():
-                i = int(np.argwhere(bad.any(axis=1))[0, 0])
-                raise BadRequest(
-                    f"points: point {i} {pts[i].tolist()} is outside [0, 1] (rel=true); "
-                    "send relative coordinates or set rel=false for pixels"
-                )
-            pts = pts * (width, height)  # rel -> abs pixels, once, here
-            pts = np.minimum(pts, (width - 1e-3, height - 1e-3))
-        else:
-            bad = (pts < 0) | (pts >= (width, height))
-            if bad.any():
-                i = int(np.argwhere(bad.any(axis=1))[0, 0])
-                raise BadRequest(
-                    f"points: point {i} {pts[i].tolist()} is outside the {width}x{height} image "
-                    "(x in [0, width), y in [0, height)); use rel=true for [0, 1] coordinates"
-                )
-        return pts.astype(np.float32), lab.astype(np.int32)  # (N, 2), (N,)
-
-    @staticmethod
-    def check_box(box: Sequence[float], rel: bool, height: int, width: int) -> np.ndarray:
-        """Validate an xyxy box; clipped to the image. Returns (4,) float32 abs px."""
-        try:
-            b = np.asarray(box, np.float64)
-        except (TypeError, ValueError) as e:
-            raise BadRequest(f"box: must be [x0, y0, x1, y1] numbers ({e})") from None
-        if b.shape != (4,) or not np.isfinite(b).all():
-            raise BadRequest(f"box: must be 4 finite numbers [x0, y0, x1, y1], got {list(box)}")
-        if rel:
-            if ((b < 0) | (b > 1)).any():
-                raise BadRequest(f"box: {b.tolist()} is outside [0, 1] (rel=true)")
-            b = b * (width, height, width, height)
-        if b[0] >= b[2] or b[1] >= b[3]:
-            raise BadRequest(f"box: {b.tolist()} needs x0 < x1 and y0 < y1 (xyxy order)")
-        c = np.clip(b, 0, (width, height, width, height))
-        if c[2] - c[0] < 1 or c[3] - c[1] < 1:
-            raise BadRequest(
-                f"box: {b.tolist()} lies outside the {width}x{height} image (abs pixels)"
-            )
-        return c.astype(np.float32)
-
-    @staticmethod
-    def check_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-        if not isinstance(mask, np.ndarray) or mask.shape != (height, width):
-            got = getattr(mask, "shape", type(mask).__name__)
-            raise BadRequest(f"mask: expected an ({height}, {width}) array, got {got}")
-        if mask.dtype not in (np.bool_, np.uint8):
-            raise BadRequest(f"mask: expected dtype bool or uint8 (0/nonzero), got {mask.dtype}")
-        m = mask != 0  # a new (H, W) bool array: the received view is read-only and transient
-        if not m.any():
-            raise BadRequest("mask: is empty (all zero); send a mask with the object's pixels")
-        return m
 
     # ---- propagation and results ------------------------------------------------------
     def propagate(

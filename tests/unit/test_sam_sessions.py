@@ -12,6 +12,7 @@ from protocol.errors import BadRequest, NotFound, Overloaded, Unsupported
 from protocol.masks import unpack
 from services.sam.backends.classical import ClassicalBackend
 from services.sam.sessions import SessionManager
+from services.sam.validation import check_box, check_points
 
 H, W, T = 40, 56, 6
 
@@ -184,12 +185,12 @@ def test_frame_must_be_received(mgr):
 
 
 def test_rel_points_become_pixels_once(mgr):
-    pts, lab = mgr.check_points([[0.5, 0.25], [1.0, 1.0]], [1, 0], True, H, W)
+    pts, lab = check_points([[0.5, 0.25], [1.0, 1.0]], [1, 0], True, H, W)
     assert pts.dtype == np.float32 and lab.dtype == np.int32
     assert np.allclose(pts[0], [28.0, 10.0]) and (pts[1] < [W, H]).all()
-    box = mgr.check_box([0.0, 0.0, 0.5, 0.5], True, H, W)
+    box = check_box([0.0, 0.0, 0.5, 0.5], True, H, W)
     assert np.allclose(box, [0, 0, 28, 20])
-    assert np.allclose(mgr.check_box([-5, -5, 20, 20], False, H, W), [0, 0, 20, 20])  # clipped
+    assert np.allclose(check_box([-5, -5, 20, 20], False, H, W), [0, 0, 20, 20])  # clipped
 
 
 def test_prompt_propagate_masks_roundtrip(mgr, sid):
