@@ -78,6 +78,11 @@ def _pid(path: Path) -> int | None:
         return None
 
 
+def _show(path: Path) -> str:
+    """A path as a user reads it: relative to the repository when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _tail(path: Path, n: int = 40) -> str:
     if not path.exists():
         return "(no log)"
@@ -94,7 +99,8 @@ def _ping(endpoint: str, cfg: ServiceConfig, timeout: float = 1.0) -> dict | Non
         c.close()
 
 
-def up(config: str, services: list[str] | None, bind: str | None) -> int:
+def up(config: str, services: list[str] | None, bind: str | None, python: str | None = None) -> int:
+    """Start services; `python` runs them all with one interpreter instead of their own envs."""
     cfg = load_services(config)
     names = services or [n for n, s in cfg.services.items() if s.local]
     unknown = [n for n in names if n not in cfg.services]
@@ -110,7 +116,7 @@ def up(config: str, services: list[str] | None, bind: str | None) -> int:
     started: list[tuple[str, int, str, subprocess.Popen | None, Path]] = []
     for name in names:
         sc = cfg.services[name]
-        py = service_env(sc)
+        py = Path(python) if python else service_env(sc)
         binds = [bind] if bind else list(sc.binds)
         for i, b in enumerate(binds):
             tag = f"{name}-{i}"
@@ -131,7 +137,7 @@ def up(config: str, services: list[str] | None, bind: str | None) -> int:
                                         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
             pid_file.write_text(str(proc.pid))
             started.append((tag, proc.pid, connect, proc, log_file))
-            say(f"{tag}: started pid {proc.pid} on {b} (log {log_file.relative_to(ROOT)})")
+            say(f"{tag}: started pid {proc.pid} on {b} (log {_show(log_file)})")
     deadline = time.monotonic() + READY_TIMEOUT_S
     waiting = list(started)
     while waiting:
@@ -216,7 +222,7 @@ def logs(config: str, n: int) -> int:
     if not files:
         say(f"logs: none under {run}")
     for f in files:
-        say(f"==> {f.relative_to(ROOT) if f.is_relative_to(ROOT) else f} <==\n{_tail(f, n)}\n")
+        say(f"==> {_show(f)} <==\n{_tail(f, n)}\n")
     return 0
 
 
@@ -231,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("up", help="start services and wait for ping")
     u.add_argument("--services", default=os.environ.get("SERVICES", ""), help='e.g. "sam vlm"')
     u.add_argument("--bind", default=os.environ.get("BIND") or None)
+    u.add_argument(
+        "--python",
+        default=os.environ.get("SERVICE_PYTHON") or None,
+        help="run every service with this interpreter (skip the per-service envs)",
+    )
     sub.add_parser("down", help="stop services (SIGTERM, then SIGKILL)")
     sub.add_parser("status", help="info of every configured endpoint")
     lg = sub.add_parser("logs", help="tail of every service log")
@@ -246,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if a.cmd == "up":
-            return up(a.config, a.services.split() or None, a.bind)
+            return up(a.config, a.services.split() or None, a.bind, a.python)
         if a.cmd == "down":
             return down(a.config)
         if a.cmd == "status":
