@@ -30,13 +30,14 @@ from pathlib import Path
 
 from protocol.config import ConfigError, ServiceConfig, load_services
 from protocol.errors import RemoteError, ServiceUnavailable
+from protocol.server import DRAIN_TIMEOUT_S
 from tools.envs import ensure_env, requirement_files
 
 ROOT = Path(__file__).resolve().parents[1]
 # While waiting for a service to come up, unanswered pings are expected: keep the client quiet.
 logging.getLogger("protocol.client").setLevel(logging.ERROR)
 READY_TIMEOUT_S = float(os.environ.get("READY_TIMEOUT_S", "180"))  # heavy models load slowly
-STOP_TIMEOUT_S = 20.0  # SIGTERM grace before SIGKILL (services drain in-flight work)
+STOP_TIMEOUT_S = DRAIN_TIMEOUT_S + 5.0  # SIGTERM grace before SIGKILL: a service drains first
 
 
 def say(msg: str) -> None:
@@ -69,6 +70,21 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _ours(pid: int, tag: str) -> bool:
+    """True if `pid` is alive and is the service process `tag` (e.g. sam-0) that `up` started.
+
+    A pid file can outlive its process (a crash, a reboot) and the pid be reused by anything:
+    never adopt or signal a process whose command line is not `-m services.NAME`.
+    """
+    if not _alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"services.{tag.rsplit('-', 1)[0]}".encode() in args
 
 
 def _pid(path: Path) -> int | None:
@@ -123,7 +139,7 @@ def up(config: str, services: list[str] | None, bind: str | None, python: str | 
             pid_file, log_file = run / f"{tag}.pid", run / f"{tag}.log"
             pid = _pid(pid_file)
             connect = sc.endpoints[i] if i < len(sc.endpoints) else b
-            if pid and _alive(pid):
+            if pid and _ours(pid, tag):
                 say(f"{tag}: already running (pid {pid})")
                 started.append((tag, pid, connect, None, log_file))
                 continue
@@ -171,10 +187,16 @@ def down(config: str) -> int:
     pids = {}
     for pid_file in sorted(run.glob("*.pid")):
         pid = _pid(pid_file)
-        if pid and _alive(pid):
-            os.kill(pid, signal.SIGTERM)
+        if pid and _ours(pid, pid_file.stem):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError) as e:
+                say(f"{pid_file.stem}: cannot signal pid {pid} ({e}); left alone")
+                continue
             pids[pid_file] = pid
         else:
+            if pid:
+                say(f"{pid_file.stem}: stale pid file (pid {pid} is not this service); removed")
             pid_file.unlink(missing_ok=True)
     end = time.monotonic() + STOP_TIMEOUT_S
     while any(_alive(p) for p in pids.values()) and time.monotonic() < end:
@@ -183,8 +205,10 @@ def down(config: str) -> int:
         if _alive(pid):
             say(f"{pid_file.stem}: still running after {STOP_TIMEOUT_S:.0f} s; killing pid {pid}")
             try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                os.killpg(
+                    pid, signal.SIGKILL
+                )  # the service leads its own session (start_new_session)
+            except (ProcessLookupError, PermissionError):
                 pass
         else:
             say(f"{pid_file.stem}: stopped (pid {pid})")
@@ -249,12 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "env":
-            backend = a.backend
+            sc = load_services(a.config).services.get(a.service)
+            backend = a.backend or (sc.backend if sc else None)
             if backend is None:
-                backend = load_services(a.config).services[a.service].backend
-            ensure_env(
-                f"{a.service}-{backend}", requirement_files(a.service, backend), rebuild=a.rebuild
-            )
+                say(
+                    f"env: {a.service!r} is not in {a.config}; give the backend: make env SERVICE={a.service} BACKEND=..."
+                )
+                return 2
+            # The config's `env:` names the environment `up` will use for its own backend.
+            name = sc.env_name if sc and sc.backend == backend else f"{a.service}-{backend}"
+            ensure_env(name, requirement_files(a.service, backend), rebuild=a.rebuild)
             return 0
         if a.cmd == "up":
             return up(a.config, a.services.split() or None, a.bind, a.python)

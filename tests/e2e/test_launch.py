@@ -116,3 +116,25 @@ def test_non_loopback_bind_without_keys_is_refused(config: Path) -> None:
     )
     assert up.returncode == 1
     assert "CURVE" in up.stdout and "--insecure" in up.stdout
+
+
+def test_stale_pid_file_is_neither_adopted_nor_killed(config: Path) -> None:
+    """A pid file whose pid now belongs to another program: up starts the service, down spares it."""
+    run = Path(yaml.safe_load(config.read_text())["run_dir"])
+    run.mkdir(parents=True, exist_ok=True)
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        (run / "vlm-0.pid").write_text(str(bystander.pid))
+        up = _launch(config, "up", "--python", sys.executable, "--services", "vlm")
+        assert up.returncode == 0, up.stdout
+        assert "already running" not in up.stdout
+        assert int((run / "vlm-0.pid").read_text()) != bystander.pid
+        (run / "exporter-0.pid").write_text(str(bystander.pid))  # stale again, for down
+        down = _launch(config, "down")
+        assert down.returncode == 0 and "stale pid file" in down.stdout
+        assert bystander.poll() is None  # still running: down did not signal it
+    finally:
+        bystander.kill()
+        bystander.wait()
