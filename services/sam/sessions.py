@@ -32,6 +32,7 @@ import numpy as np
 from protocol.errors import BadRequest, NotFound, Overloaded, Unsupported
 from protocol.masks import pack
 from services.sam.backends.base import DIRECTIONS, SamBackend, propagation_windows
+from services.sam.merge import PassMerge
 from services.sam.validation import check_box, check_mask, check_points
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,18 @@ class Session:
     last_used: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+    # Snapshots of `results` for describe(), which reads them without the lock (a propagation
+    # holds it for long): replaced, never mutated, whenever an object is added or dropped.
+    ids: tuple[int, ...] = ()  # sorted ids of the objects with a result store
+    result_bytes: int = 0  # bytes of those stores
 
     @property
     def nbytes(self) -> int:
-        return int(self.frames.nbytes + sum(r.nbytes for r in self.results.values()))
+        return int(self.frames.nbytes + self.result_bytes)
 
     @property
     def obj_ids(self) -> list[int]:
-        return sorted(self.results)
+        return list(self.ids)
 
     def store(self, frame: int, obj_id: int, mask: np.ndarray) -> None:
         """Keep an (H, W) bool mask bit-packed."""
@@ -77,8 +82,22 @@ class Session:
             w8 = (self.width + 7) // 8
             self.results[obj_id] = np.zeros((self.n_frames, self.height, w8), np.uint8)
             self.present[obj_id] = np.zeros(self.n_frames, bool)
+            self._snapshot()
         self.results[obj_id][frame] = pack(mask)
         self.present[obj_id][frame] = True
+
+    def drop(self, obj_id: int | None = None) -> None:
+        """Forget one object's results and prompts (None: every object's)."""
+        for table in (self.results, self.present, self.keyframes):
+            if obj_id is None:
+                table.clear()
+            else:
+                table.pop(obj_id, None)
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        self.ids = tuple(sorted(self.results))
+        self.result_bytes = sum(r.nbytes for r in self.results.values())
 
 
 class SessionManager:
@@ -173,8 +192,7 @@ class SessionManager:
             self.backend.close(s.state)
         finally:
             s.state = None
-            s.results.clear()
-            s.present.clear()
+            s.drop()
             s.frames = np.zeros((0, s.height, s.width, 3), np.uint8)
 
     def expire(self) -> list[str]:
@@ -200,7 +218,9 @@ class SessionManager:
             self.close(sid)
 
     def describe(self) -> list[dict]:
-        """Open sessions and their memory, for `info`."""
+        """Open sessions and their memory, for `info`. Reads each session's snapshots (ids,
+        result_bytes), not its tables, and takes no session lock: a long propagation holding
+        one neither blocks `info` nor changes a table under it."""
         now = self.clock()
         with self._lock:
             sessions = list(self._sessions.values())
@@ -208,8 +228,8 @@ class SessionManager:
             {
                 "session": s.id,
                 "shape": [s.n_frames, s.height, s.width],
-                "received": int(s.received.sum()),
-                "obj_ids": s.obj_ids,
+                "received": int(np.count_nonzero(s.received)),
+                "obj_ids": list(s.ids),
                 "bytes": s.nbytes,
                 "idle_s": round(now - s.last_used, 1),
             }
@@ -325,10 +345,14 @@ class SessionManager:
                         f"frames: frame {lo + int(missing[0])} (and {len(missing) - 1} more in "
                         f"[{lo}, {hi}]) not received yet; put_frames them before propagate"
                     )
+            # the both-direction merge rule, for every backend (merge.py)
+            merge = PassMerge(windows, s.keyframes, s.present, s.n_frames)
             with _backend_errors("propagate"):
                 for t, per_obj in self.backend.propagate(s.state, direction, start, max_frames):
+                    d = merge.direction_of(per_obj, t)
                     for oid, m in per_obj.items():
-                        s.store(t, oid, m)
+                        if merge.keep(d, t, oid):
+                            s.store(t, oid, m)
             s.last_used = self.clock()
             covered = np.zeros(s.n_frames, bool)
             for _, lo, hi in windows:
@@ -373,20 +397,18 @@ class SessionManager:
             self._alive(s)
             if obj_id not in s.results and obj_id not in s.keyframes:
                 raise NotFound(f"obj_id: object {obj_id} is not in session {sid} ({s.obj_ids})")
-            self.backend.remove_object(s.state, obj_id)
-            s.results.pop(obj_id, None)
-            s.present.pop(obj_id, None)
-            s.keyframes.pop(obj_id, None)
+            with _backend_errors("remove_object"):
+                self.backend.remove_object(s.state, obj_id)
+            s.drop(obj_id)
             return s.obj_ids
 
     def reset(self, sid: str) -> None:
         s = self.get(sid)
         with s.lock:
             self._alive(s)
-            self.backend.reset(s.state)
-            s.results.clear()
-            s.present.clear()
-            s.keyframes.clear()
+            with _backend_errors("reset_session"):
+                self.backend.reset(s.state)
+            s.drop()
 
     # ---- helpers ---------------------------------------------------------------------
     @staticmethod

@@ -50,12 +50,12 @@ def backend(tiny_ckpt) -> Sam2Backend:
     return b
 
 
-def _frames() -> np.ndarray:
+def _frames(n: int = T) -> np.ndarray:
     """Smooth random frames (camera-like; pure noise is a worst case for the JPEG route)."""
     import cv2
 
     rng = np.random.default_rng(1)
-    small = (rng.random((T, H // 8, W // 8, 3)) * 255).astype(np.uint8)
+    small = (rng.random((n, H // 8, W // 8, 3)) * 255).astype(np.uint8)
     return np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_CUBIC) for f in small])
 
 
@@ -101,6 +101,49 @@ def test_mask_prompts_on_two_keyframes_track_both_ways(backend) -> None:
     assert seen == [(0, [1, 2]), (1, [1, 2]), (2, [1, 2]), (2, [1, 2]), (1, [1, 2]), (0, [1, 2])]
     backend.close(state)
     assert state.inference is None
+
+
+class RecordingBackend:
+    """The real sam2 backend, recording what each pass yields before the session layer
+    chooses (re-yields the same tagged dicts, as any wrapper may)."""
+
+    def __init__(self, inner: Sam2Backend) -> None:
+        self.inner = inner
+        self.seen: dict[tuple[str, int, int], np.ndarray] = {}  # (pass, frame, obj) -> (H, W)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def propagate(self, state, direction, start, max_frames):
+        for t, masks in self.inner.propagate(state, direction, start, max_frames):
+            for oid, m in masks.items():
+                self.seen[(masks.direction, t, oid)] = m.copy()
+            yield t, masks
+
+
+def test_session_keeps_the_pass_of_the_nearest_keyframe(backend) -> None:
+    """Mask prompts on frames 0 and 3 of one object, tracked both ways through the session
+    layer: frame 1 (nearer 0) keeps the forward pass's mask, frame 2 (nearer 3) the backward
+    pass's, keyframes (a tie) the forward pass's."""
+    from protocol.masks import unpack
+    from services.sam.sessions import SessionManager
+
+    n = 4
+    rec = RecordingBackend(backend)
+    mgr = SessionManager(rec)
+    sid = mgr.start(H, W, n)
+    mgr.put_frames(sid, 0, _frames(n))
+    mgr.add_prompt(sid, 0, 1, mask=_rect(4, 24, 3, 25))
+    mgr.add_prompt(sid, 3, 1, mask=_rect(14, 36, 30, 52))
+    assert mgr.propagate(sid, "both") == (n, [1])
+    _, _, _, packed = mgr.masks(sid)
+    kept = unpack(packed, W)[0]  # (n, H, W) bool
+    fwd = {t: rec.seen[("forward", t, 1)] for t in range(n)}
+    bwd = {t: rec.seen[("backward", t, 1)] for t in range(n)}
+    assert not np.array_equal(fwd[1], bwd[1]) and not np.array_equal(fwd[2], bwd[2])
+    for t, want in {0: fwd[0], 1: fwd[1], 2: bwd[2], 3: fwd[3]}.items():
+        assert np.array_equal(kept[t], want), t
+    mgr.close(sid)
 
 
 def test_points_box_new_objects_after_propagation_and_removal(backend) -> None:

@@ -8,7 +8,7 @@ Usage:
     masks = backend.add_prompt(state, frame=0, obj_id=1, points=None, labels=None,
                                box=np.array([10, 10, 80, 60], np.float32), mask=None, text=None)
     for t, per_obj in backend.propagate(state, "both", start=None, max_frames=None):
-        ...                                          # per_obj: {obj_id: (H, W) bool}
+        ...                                          # per_obj: PassMasks {obj_id: (H, W) bool}
 
 Contract (the session layer in services/sam/sessions.py guarantees the inputs):
 - All coordinates are ABSOLUTE pixels of the session's frames (x right, y down); relative
@@ -25,6 +25,10 @@ Contract (the session layer in services/sam/sessions.py guarantees the inputs):
 - Masks returned are (H, W) bool arrays the backend no longer mutates (the session stores
   them bit-packed). Objects are integer ids chosen by the caller; new ids may appear after a
   propagation (SAM2-style re-prompting), and propagate yields every object with a prompt.
+- propagate tags every yielded dict with the pass it belongs to (`PassMasks(direction, masks)`),
+  so the session layer applies the both-direction merge rule (`pass_distances`) the same way
+  for every backend: where both passes of one call yield an (object, frame), the pass nearer
+  to one of the object's keyframes wins, ties go to forward.
 - Errors: raise ValueError for input the backend cannot handle (becomes bad_request); anything
   else becomes `internal`.
 """
@@ -32,7 +36,7 @@ Contract (the session layer in services/sam/sessions.py guarantees the inputs):
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -78,11 +82,14 @@ class SamBackend(abc.ABC):
         direction: str,  # "forward" | "backward" | "both"
         start: int | None,  # first frame; None = from the prompted keyframes
         max_frames: int | None,  # at most this many frames per direction; None = to the end
-    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
-        """Yield (frame, {obj_id: (H, W) bool}) for the frames it segments, covering the ranges
-        `propagation_windows` gives. Updates are per object: an object missing from a yielded
-        dict keeps its earlier result on that frame; when (frame, obj) is yielded twice the last
-        yield wins. Prompted frames may be yielded too (their prompt mask)."""
+    ) -> Iterator[tuple[int, PassMasks]]:
+        """Yield (frame, PassMasks(direction, {obj_id: (H, W) bool})) for the frames it segments,
+        covering the ranges `propagation_windows` gives; `direction` names the window ("forward"
+        or "backward") whose result the masks are. Updates are per object: an object missing
+        from a yielded dict keeps its earlier result on that frame. When one call yields an
+        (object, frame) from both passes, the session layer keeps the one the merge rule picks
+        (`pass_distances`); from the same pass twice, the last. Prompted frames may be yielded
+        too (their prompt mask)."""
 
     @abc.abstractmethod
     def remove_object(self, state: object, obj_id: int) -> None:
@@ -142,3 +149,66 @@ def propagation_windows(
         s = max(keyframes) if start is None else start
         out.append(("backward", max(0, s - span + 1), s))
     return out
+
+
+class PassMasks(dict):
+    """One propagate step's {obj_id: (H, W) bool}, tagged with the pass that produced it.
+
+    A plain dict for every reader; `direction` ("forward" | "backward") tells the session
+    layer which of the call's windows the masks belong to. Wrappers that re-yield the same
+    object keep the tag.
+    """
+
+    __slots__ = ("direction",)
+
+    def __init__(self, direction: str, masks: Mapping[int, np.ndarray] | None = None) -> None:
+        if direction not in ("forward", "backward"):
+            raise ValueError(f"direction: a pass is 'forward' or 'backward', got {direction!r}")
+        super().__init__(masks or {})
+        self.direction = direction
+
+
+def pass_distances(
+    keyframes: Iterable[int],
+    n_frames: int,
+    direction: str,  # "forward" | "backward": one pass
+    lo: int,
+    hi: int,  # the pass's window [lo, hi], as propagation_windows gives it
+    continues: bool = False,
+) -> np.ndarray:
+    """(T,) int64: for one object, how far each frame of a pass's window is from that pass's
+    source, -1 where the pass has none (and outside the window).
+
+    The source is the object's nearest keyframe inside the window on the pass's side (at or
+    before the frame in processing order). Without one, and when `continues` (the object has
+    a result just before the window's first frame), it is that earlier result, placed n_frames
+    further so any keyframe beats it. The merge rule for direction "both": an (object, frame)
+    belongs to the pass with the smaller distance, ties and a missing backward source to the
+    forward pass (`forward_owns`).
+    """
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction: a pass is 'forward' or 'backward', got {direction!r}")
+    if not 0 <= lo <= hi < n_frames:
+        raise ValueError(f"window: [{lo}, {hi}] is not inside [0, {n_frames})")
+    keys = np.array(sorted(k for k in keyframes if lo <= k <= hi), np.int64)
+    padded = np.append(keys, 0)  # index 0 stays valid when there is no keyframe
+    t = np.arange(lo, hi + 1)  # (n,) frames of the window
+    if direction == "forward":
+        i = np.searchsorted(keys, t, side="right") - 1  # latest keyframe <= t
+        have = i >= 0
+        dist = t - padded[np.maximum(i, 0)]
+        cont = t - (lo - 1) + n_frames  # from the result on frame lo - 1
+    else:
+        i = np.searchsorted(keys, t, side="left")  # earliest keyframe >= t
+        have = i < len(keys)
+        dist = padded[i] - t
+        cont = (hi + 1) - t + n_frames  # from the result on frame hi + 1
+    out = np.full(n_frames, -1, np.int64)
+    out[lo : hi + 1] = np.where(have, dist, cont if continues else -1)
+    return out
+
+
+def forward_owns(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
+    """(T,) bool: where the forward pass owns an object's frames, from both passes'
+    pass_distances (the backward pass owns `(bwd >= 0) & ~forward_owns(fwd, bwd)`)."""
+    return (fwd >= 0) & ((bwd < 0) | (fwd <= bwd))

@@ -4,7 +4,7 @@ CPU only, no weights, deterministic. Usage:
     backend = ClassicalBackend(flow_scale=0.5)
     state = backend.init_state(frames)                     # (T, H, W, 3) uint8 RGB store
     backend.add_prompt(state, 0, 1, None, None, np.array([10, 10, 90, 70], np.float32), None, None)
-    for t, masks in backend.propagate(state, "both", None, None): ...
+    for t, masks in backend.propagate(state, "both", None, None): ...   # masks: PassMasks
 
 How it works:
 - add_prompt: GrabCut initialised from the box and/or similar-colour regions around the
@@ -15,8 +15,10 @@ How it works:
   pair and shared by all objects, warps each mask; the pixels in a band around the warped
   boundary are re-decided from the object's colour model and the distance to the boundary.
 - Several keyframes / direction 'both': each frame takes each object's mask from the
-  nearest prompted keyframe of that object in time; ties go to the forward pass. Each
-  (object, frame) is computed once, by the pass that owns it.
+  nearest prompted keyframe of that object in time; ties go to the forward pass (the
+  session layer's merge rule, base.pass_distances). Each (object, frame) is computed once,
+  by the pass that owns it; a non-overlap update of an object the other pass owns is tagged
+  with that pass.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from services.sam.backends.base import SamBackend, propagation_windows
+from services.sam.backends.base import (
+    PassMasks,
+    SamBackend,
+    forward_owns,
+    pass_distances,
+    propagation_windows,
+)
 from services.sam.backends.classical_ops import (
     ColourModel,
     Flow,
@@ -231,37 +239,30 @@ class ClassicalBackend(SamBackend):
                         fresh.setdefault(int(t), set()).add(oid)
             o.done = sig
         for d, (lo, hi) in windows.items():
-            yield from self._pass(st, d, lo, hi, owners[d], fresh, skip)
+            yield from self._pass(st, d, lo, hi, owners, fresh, skip)
 
     @staticmethod
     def _owners(st: ClassicalState, n: int, windows: dict, both: bool) -> dict:
         """Per pass: {obj_id: (T,) int source distance, -1 where the pass does not own it}.
-        Source = the nearest keyframe of the object inside the pass's window on its side, or
-        the result just outside the window's start (continuing an earlier propagation)."""
+        base.pass_distances over the object's keyframes (or the result just outside the
+        window's start, continuing an earlier propagation); with both passes, the merge rule
+        the session layer applies too (base.forward_owns), so each (object, frame) is computed
+        once, by the pass whose result the session keeps."""
         dist: dict[str, dict[int, np.ndarray]] = {d: {} for d in windows}
         for d, (lo, hi) in windows.items():
-            step = 1 if d == "forward" else -1
-            first, last = (lo, hi) if step == 1 else (hi, lo)
+            before = lo - 1 if d == "forward" else hi + 1
             for oid, o in st.objects.items():
-                arr = np.full(n, -1, np.int64)
-                # continuing an earlier result loses to any real keyframe (offset n)
-                cont = 0 <= first - step < n and (first - step) in o.results
-                src, off = (first - step, n) if cont else (None, 0)
-                for t in range(first, last + step, step):
-                    if t in o.keymasks:
-                        src, off = t, 0
-                    if src is not None:
-                        arr[t] = abs(t - src) + off
-                dist[d][oid] = arr
+                dist[d][oid] = pass_distances(o.keymasks, n, d, lo, hi, before in o.results)
         if both and len(windows) == 2:
             for oid in st.objects:
                 f, b = dist["forward"][oid], dist["backward"][oid]
-                fwd = (f >= 0) & ((b < 0) | (f <= b))
+                fwd = forward_owns(f, b)
                 f[~fwd] = -1
                 b[fwd] = -1
         return dist
 
-    def _pass(self, st, d, lo, hi, own, fresh, skip) -> Iterator[tuple[int, dict]]:
+    def _pass(self, st, d, lo, hi, owners, fresh, skip) -> Iterator[tuple[int, PassMasks]]:
+        own = owners[d]
         step = 1 if d == "forward" else -1
         first, last = (lo, hi) if step == 1 else (hi, lo)
         w = st.frames.shape[2]
@@ -314,9 +315,12 @@ class ClassicalBackend(SamBackend):
                 if len(tracks) + len(others) > 1:
                     changed = resolve_overlaps({**tracks, **others}) & set(others)
                 tracks.update({oid: others[oid] for oid in changed})
-            out: dict[int, np.ndarray] = {}
+            out = {e: PassMasks(e) for e in owners}  # by the pass that owns the (obj, t)
             for oid, tr in tracks.items():
-                out[oid] = tr.mask
+                # an object of the other pass (or a skipped one) lost pixels to this pass's:
+                # its update belongs to the pass that owns it there
+                e = d if own[oid][t] >= 0 else next(e for e in owners if owners[e][oid][t] >= 0)
+                out[e][oid] = tr.mask
                 if oid not in changed:
                     cur[oid] = tr.mask
                     if tr.sd is not None and not tr.fixed and models[oid] is not None:
@@ -324,8 +328,9 @@ class ClassicalBackend(SamBackend):
                 st.objects[oid].results[t] = np.packbits(tr.mask, axis=-1)
                 fresh.setdefault(t, set()).add(oid)
             prev_gray = g
-            if out:
-                yield t, out
+            for masks in sorted(out.values(), key=lambda m: m.direction != d):
+                if masks:
+                    yield t, masks
 
     # ---- single images ---------------------------------------------------------------
     def segment_image(self, image, boxes, points, labels) -> np.ndarray:

@@ -7,13 +7,14 @@ or in Python:
     b = Sam2Backend(checkpoint="sam2.1_hiera_tiny.pt", device="cpu"); b.setup()
     state = b.init_state(frames)                          # (T, H, W, 3) uint8 session store
     b.add_prompt(state, 0, 1, None, None, np.array([10, 10, 90, 80], np.float32), None, None)
-    for t, masks in b.propagate(state, "both", None, None): ...   # {obj_id: (H, W) bool}
+    for t, masks in b.propagate(state, "both", None, None): ...   # PassMasks {obj_id: (H, W) bool}
 
 Prompts: points (+labels), box (xyxy) and mask, several objects, on as many keyframes as you
 like; adding a prompt to a frame replaces that object's earlier points there (send all clicks
 of the frame together), and a prompt on an already tracked frame refines it. New objects may
 be added after a propagation. Propagation runs forward and/or backward over the windows of
-base.propagation_windows. Inference runs under bf16 autocast, on CUDA and on CPU alike (SAM2
+base.propagation_windows, each result tagged with its pass (the session layer keeps, per object
+and frame, the pass nearer to a keyframe: the both-direction merge rule). Inference runs under bf16 autocast, on CUDA and on CPU alike (SAM2
 stores its memory features in bf16, so a float32 run fails: facebookresearch/sam2#308).
 
 Frames: by default (video_source: memory) the inference state is built from the session's
@@ -34,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from services.sam.backends.base import SamBackend, propagation_windows
+from services.sam.backends.base import PassMasks, SamBackend, propagation_windows
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class Sam2Backend(SamBackend):
         direction: str,
         start: int | None,
         max_frames: int | None,
-    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+    ) -> Iterator[tuple[int, PassMasks]]:
         model = self._ready()
         inf = self._inference(state)
         keys = set().union(*state.keyframes.values()) if state.keyframes else set()
@@ -266,7 +267,7 @@ class Sam2Backend(SamBackend):
                         except StopIteration:
                             break
                         masks = (logits[:, 0] > self.mask_threshold).cpu().numpy()
-                    yield int(t), {int(o): masks[i] for i, o in enumerate(ids)}
+                    yield int(t), PassMasks(d, {int(o): masks[i] for i, o in enumerate(ids)})
             finally:
                 gen.close()
 

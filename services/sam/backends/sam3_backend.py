@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.sam.backends.base import SamBackend, propagation_windows
+from services.sam.backends.base import PassMasks, SamBackend, propagation_windows
 from services.sam.backends.sam3_convert import (
     TEXT_INSTANCES,
     Sam3IdMap,
@@ -245,7 +245,7 @@ class Sam3Backend(SamBackend):
         direction: str,
         start: int | None,
         max_frames: int | None,
-    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+    ) -> Iterator[tuple[int, PassMasks]]:
         model = self._ready()
         h, w = state.size
         keys = set().union(*state.keyframes.values()) if state.keyframes else set()
@@ -258,9 +258,11 @@ class Sam3Backend(SamBackend):
                 reverse=call.reverse,
             )
             try:
+                direction = "backward" if call.reverse else "forward"
                 for t, outputs in gen:
                     known = set(state.ids.external_ids()) | set(state.keyframes)
-                    yield int(t), outputs_to_masks(outputs, state.ids, h, w, all_ids=known)
+                    masks = outputs_to_masks(outputs, state.ids, h, w, all_ids=known)
+                    yield int(t), PassMasks(direction, masks)
             finally:
                 gen.close()
 

@@ -213,7 +213,7 @@ def plan_calls(windows: Sequence[tuple[str, int, int]]) -> list[Sam3Call]:
     "both" pattern (forward from S, then backward from S), no frame computed twice, and the
     sequence SAM3's action history expects for its fetch/partial propagation decisions. A
     backward window starting above a capped forward window runs whole (it must pass through
-    the overlap to carry its memory; the later yield wins there).
+    the overlap to carry its memory; there the session layer's merge rule picks per object).
     """
     calls: list[Sam3Call] = []
     fwd: tuple[int, int] | None = None
