@@ -8,13 +8,26 @@ Usage:
     c.close()
 
 Each replica gets a DEALER socket (so several requests can be in flight; replies are matched
-by id). A call that gets no reply within its timeout is retried on a FRESH socket, possibly on
-another replica, if the op is idempotent (zguide "Lazy Pirate": a socket left waiting on a
-dead peer would deliver stale traffic later, so it is closed with linger 0 and remade); the
-replica that went quiet is skipped for a cool-off. After `retries` the call raises
-ServiceUnavailable. An error reply raises RemoteError with its code; `overloaded` and
-`unavailable` replies are retried with exponential backoff (the server did not do the work).
+by id). Timing rules of one call (`timeout` T, `retries` R):
 
+- Attempt timeout: a request that gets no reply within T is retried on a FRESH socket,
+  possibly on another replica, if the op is idempotent (zguide "Lazy Pirate": traffic still
+  due on a socket that went quiet must not reach new requests); the replica that went quiet
+  is skipped for a cool-off. Only the request that timed out uses up an attempt: the quiet
+  socket is retired (no new requests go to it) but stays open while other requests sent on
+  it wait for their own replies, each until its own timeout, so a slow op does not fail or
+  resend its neighbours (a non-idempotent neighbour the service is about to run still gets
+  its reply). The socket is closed once nobody waits on it. A reply to an earlier attempt
+  of the same request is accepted (ids are unique per client). After R retries, or a
+  timeout of a non-idempotent op, the call raises ServiceUnavailable.
+- Deadline: the whole call ends by submit time + T x (R + 1), the time R Lazy Pirate
+  retries could take; no attempt waits past it.
+- `overloaded` / `unavailable` replies (the service did no work) are resent after an
+  exponential backoff (BACKOFF_S: 5 ms doubling to 500 ms), whichever future is being
+  awaited, for as long as the resend is due before the deadline; then the call raises the
+  RemoteError. Health checks (`ping()`, `info`) get no such resends: they report what they see.
+
+An error reply raises RemoteError with its code. close() fails every unfinished call.
 A Client is not thread-safe: give each thread its own (they are cheap).
 """
 
@@ -39,26 +52,35 @@ log = logging.getLogger(__name__)
 # A replica that timed out is skipped this long if others exist (doubling per failure, <= 16x).
 COOL_OFF_S = 2.0
 BACKOFF_S = (0.005, 0.5)  # first and largest pause between `overloaded` retries
-OVERLOAD_RETRIES = 200  # `overloaded` replies tolerated per call before giving up
+HEALTH_OPS = frozenset({"ping", "info"})  # built-in checks: a retryable reply is not resent
 
 _DONE, _PENDING = "done", "pending"
+
+
+def backoff_s(n: int) -> float:
+    """The pause before resending after the n-th (1, 2, ...) `overloaded`/`unavailable` reply."""
+    return min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** min(n - 1, 16))
 
 
 class Future:
     """A request in flight. result() pumps the client's sockets until this one is answered."""
 
-    __slots__ = ("client", "id", "op", "frames", "timeout", "idempotent", "attempts", "overloads",
-                 "replica", "expires", "retry_at", "_value", "_error", "state")  # fmt: skip
+    __slots__ = ("client", "id", "op", "frames", "timeout", "idempotent", "retries", "backoff",
+                 "attempts", "overloads", "replica", "sock", "expires", "deadline", "retry_at",
+                 "_value", "_error", "state")  # fmt: skip
 
     def __init__(
-        self, client: Client, rid: int, op: str, frames: list, timeout: float, idempotent: bool
+        self, client: Client, rid: int, op: str, timeout: float, idempotent: bool, retries: int
     ):
-        self.client, self.id, self.op, self.frames = client, rid, op, frames
-        self.timeout, self.idempotent = timeout, idempotent
-        self.attempts = 0  # sends so far
+        self.client, self.id, self.op, self.frames = client, rid, op, []
+        self.timeout, self.idempotent, self.retries = timeout, idempotent, retries
+        self.backoff = op not in HEALTH_OPS  # resend after `overloaded` / `unavailable`
+        self.attempts = 0  # Lazy Pirate sends so far (resends after `overloaded` not counted)
         self.overloads = 0
         self.replica: _Replica | None = None
-        self.expires = 0.0
+        self.sock: zmq.Socket | None = None  # the socket the latest attempt went out on
+        self.expires = 0.0  # when the latest attempt times out (monotonic)
+        self.deadline = time.monotonic() + timeout * (retries + 1)  # the whole call's end
         self.retry_at: float | None = None  # set while waiting out a backoff
         self._value: Any = None
         self._error: BaseException | None = None
@@ -82,7 +104,8 @@ class Future:
 class _Replica:
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
-        self.sock: zmq.Socket | None = None
+        self.sock: zmq.Socket | None = None  # where new requests go
+        self.retired: list[zmq.Socket] = []  # went quiet; open while requests sent on it wait
         self.pending: dict[int, Future] = {}
         self.down_until = 0.0
         self.failures = 0
@@ -119,6 +142,7 @@ class Client:
         self._rr = 0
         self._items: list[tuple[zmq.Socket, int]] = []  # poll list, kept as sockets come and go
         self._socks: dict[zmq.Socket, _Replica] = {}
+        self._parked: list[Future] = []  # answered `overloaded`/`unavailable`: resent at retry_at
         self._closed = False
 
     # -- public API ---------------------------------------------------------------------
@@ -137,9 +161,8 @@ class Client:
         if self._closed:
             raise RuntimeError(f"client {self.name}: closed")
         t = self.timeout if timeout is None else timeout
-        rid = next(self._ids)
-        fut = Future(self, rid, op, [], t, idempotent)
-        fut.frames = encode({"op": op, "id": rid, "deadline": t, "body": body or {}})
+        fut = Future(self, next(self._ids), op, t, idempotent, self.retries)
+        fut.frames = encode({"op": op, "id": fut.id, "deadline": t, "body": body or {}})
         self._send(fut)
         return fut
 
@@ -147,24 +170,24 @@ class Client:
         """Ping every replica once (no retries); returns each one's reply or raises."""
         out = []
         for r in self._replicas:
-            fut = Future(self, next(self._ids), "ping", [], timeout, True)
+            fut = Future(self, next(self._ids), "ping", timeout, True, retries=0)
             fut.frames = encode({"op": "ping", "id": fut.id, "deadline": timeout, "body": {}})
-            fut.attempts = self.retries  # no retry: a health check reports what it sees
             self._send(fut, replica=r)
             out.append(fut.result())
         return out
 
     def close(self) -> None:
-        for r in self._replicas:
-            for f in list(r.pending.values()):
-                f._finish(
-                    error=ServiceUnavailable(
-                        f"{self.name}: client closed while {f.op!r} was in flight"
-                    )
-                )
-            r.pending.clear()
-            self._drop_socket(r)
+        """Fail every unfinished call (ServiceUnavailable) and close the sockets."""
         self._closed = True
+        waiting = self._parked + [f for r in self._replicas for f in r.pending.values()]
+        self._parked = []
+        for f in waiting:
+            f._finish(error=ServiceUnavailable(f"{self.name}: client closed while {f.op!r} was in flight"))  # fmt: skip
+        for r in self._replicas:
+            r.pending.clear()
+            for s in [*r.retired, r.sock]:
+                self._close_socket(s)
+            r.sock, r.retired = None, []
 
     def __enter__(self) -> Client:
         return self
@@ -186,13 +209,20 @@ class Client:
             self._items = [(x, POLLIN) for x in self._socks]
         return r.sock
 
-    def _drop_socket(self, r: _Replica) -> None:
-        """Close a replica's socket (linger 0): replies still in flight to it are lost."""
-        if r.sock is not None:
-            del self._socks[r.sock]
+    def _close_socket(self, s: zmq.Socket | None) -> None:
+        """Close a socket (linger 0): replies still in flight to it are lost."""
+        if s is not None:
+            del self._socks[s]
             self._items = [(x, POLLIN) for x in self._socks]
-            r.sock.close(linger=0)
-            r.sock = None
+            s.close(linger=0)
+
+    def _prune(self, r: _Replica) -> None:
+        """Close the replica's retired sockets that no request waits on any more."""
+        if r.retired:
+            used = {f.sock for f in r.pending.values()}
+            for s in [s for s in r.retired if s not in used]:
+                r.retired.remove(s)
+                self._close_socket(s)
 
     def _pick(self) -> _Replica:
         reps = self._replicas
@@ -205,27 +235,38 @@ class Client:
         # least loaded first; ties go round-robin so idle replicas share sequential calls
         return min((live[(self._rr + i) % n] for i in range(n)), key=lambda r: len(r.pending))
 
-    def _send(self, fut: Future, replica: _Replica | None = None) -> None:
+    def _send(self, fut: Future, replica: _Replica | None = None, attempt: bool = True) -> None:
+        """(Re)send a request; `attempt` False for resends after `overloaded`/`unavailable`."""
+        if self._closed:
+            raise RuntimeError(f"client {self.name}: closed; {fut.op!r} not sent")
         r = replica or self._pick()
-        fut.attempts += 1
+        fut.attempts += attempt
         fut.replica, fut.retry_at = r, None
-        fut.expires = time.monotonic() + fut.timeout
+        fut.expires = min(time.monotonic() + fut.timeout, fut.deadline)
+        fut.sock = sock = self._socket(r)
         r.pending[fut.id] = fut
-        send_parts(self._socket(r), [b"", *fut.frames])
+        send_parts(sock, [b"", *fut.frames])
 
     def _step(self, waiting: Future) -> None:
-        """Wait a little for replies; handle timeouts and due retries."""
+        """Wait a little for replies; handle timeouts and due resends of parked requests."""
         wake = waiting.retry_at if waiting.retry_at is not None else waiting.expires
         for r in self._replicas:
             for f in r.pending.values():
                 if f.expires < wake:
                     wake = f.expires
+        for f in self._parked:
+            if f.retry_at < wake:
+                wake = f.retry_at
         self._poll(wake - time.monotonic())
         if waiting.state == _DONE:
             return
         now = time.monotonic()
-        if waiting.retry_at is not None and now >= waiting.retry_at:
-            self._send(waiting)
+        if self._parked:
+            due = [f for f in self._parked if f.retry_at <= now]
+            if due:
+                self._parked = [f for f in self._parked if f.retry_at > now]
+                for f in due:
+                    self._send(f, attempt=False)
         for r in self._replicas:
             expired = [f for f in r.pending.values() if f.expires <= now]
             if expired:
@@ -247,9 +288,16 @@ class Client:
         except WireError as e:
             log.warning("%s: undecodable reply from %s dropped: %s", self.name, r.endpoint, e)
             return
-        fut = r.pending.pop(head.get("id"), None)
+        rid = head.get("id")
+        if type(rid) is not int:  # ours are ints; None = the service could not read the request
+            log.warning("%s: reply with id %r from %s dropped (error: %s)", self.name, rid,
+                        r.endpoint, head.get("error"))  # fmt: skip
+            return
+        fut = r.pending.pop(rid, None)
         if fut is None:
             return  # a stale reply to a request we already gave up on
+        if r.retired:
+            self._prune(r)
         r.failures, r.down_until = 0, 0.0
         if head.get("ok"):
             fut._finish(value=head.get("body") or {})
@@ -258,40 +306,48 @@ class Client:
         if not isinstance(err, dict):
             err = {"message": f"malformed error reply: {err!r}"}
         code = err.get("code", "internal")
+        message = str(err.get("message", ""))
         if code == UNAVAILABLE and len(self._replicas) > 1:
             r.down_until = time.monotonic() + COOL_OFF_S  # shutting down: prefer the others
-        if err.get("retryable") and fut.overloads < OVERLOAD_RETRIES:
-            fut.overloads += 1
-            fut.retry_at = time.monotonic() + min(
-                BACKOFF_S[1], BACKOFF_S[0] * 2 ** min(fut.overloads, 10)
-            )
-            fut.expires = fut.retry_at + fut.timeout
-            fut.attempts -= 1  # overload retries do not use up the timeout retries
-            return
-        fut._finish(error=RemoteError(code, str(err.get("message", "")), bool(err.get("retryable")),
-                                      op=fut.op, endpoint=r.endpoint))  # fmt: skip
+        if err.get("retryable") and fut.backoff:
+            retry_at = time.monotonic() + backoff_s(fut.overloads + 1)
+            if retry_at < fut.deadline:
+                fut.overloads += 1
+                fut.retry_at = retry_at
+                self._parked.append(fut)
+                return
+            message += f" (resent {fut.overloads} times until the call's deadline)"
+        fut._finish(error=RemoteError(code, message, bool(err.get("retryable")), op=fut.op,
+                                      endpoint=r.endpoint))  # fmt: skip
 
     def _on_timeout(self, r: _Replica, expired: list[Future]) -> None:
-        """Lazy Pirate: close the socket, remake it, resend idempotent requests."""
+        """Lazy Pirate: retire the quiet socket, resend expired idempotent requests on a fresh one.
+
+        Requests that have not expired keep waiting on the retired socket for their replies.
+        """
         r.failures += 1
         if len(self._replicas) > 1:  # skip it for a while, longer after each silent spell
             r.down_until = time.monotonic() + COOL_OFF_S * 2 ** min(r.failures - 1, 4)
-        orphans = list(r.pending.values())  # the fresh socket cannot receive their replies
-        r.pending.clear()
-        self._drop_socket(r)
-        log.warning("%s: no reply from %s within %.1fs (%s); socket reset", self.name, r.endpoint,
-                    expired[0].timeout, ", ".join(f.op for f in expired[:4]))  # fmt: skip
-        for f in orphans:
-            if f.idempotent and f.attempts <= self.retries:
+        for f in expired:
+            del r.pending[f.id]
+        retire = r.sock is not None and any(f.sock is r.sock for f in expired)
+        if retire:
+            r.retired.append(r.sock)  # new requests go to a fresh socket
+            r.sock = None
+        log.warning("%s: no reply from %s within %.1fs (%s)%s", self.name, r.endpoint,
+                    expired[0].timeout, ", ".join(f.op for f in expired[:4]),
+                    "; socket retired" if retire else "")  # fmt: skip
+        now = time.monotonic()
+        for f in expired:
+            if f.idempotent and f.attempts <= f.retries and now < f.deadline:
                 self._send(f)
+                continue
+            if not f.idempotent:
+                why = "not retried: the op is not idempotent"
+            elif f.attempts <= f.retries:
+                why = f"after {f.attempts} attempts; the call's deadline passed"
             else:
-                why = (
-                    "not retried: the op is not idempotent"
-                    if not f.idempotent
-                    else f"after {f.attempts} attempts"
-                )
-                f._finish(
-                    error=ServiceUnavailable(
-                        f"{self.name}: no reply to {f.op!r} from {r.endpoint} within {f.timeout:.1f}s ({why})"
-                    )
-                )
+                why = f"after {f.attempts} attempts"
+            f._finish(error=ServiceUnavailable(f"{self.name}: no reply to {f.op!r} from {r.endpoint} "
+                                               f"within {f.timeout:.1f}s ({why})"))  # fmt: skip
+        self._prune(r)

@@ -53,6 +53,7 @@ class ServiceConfig:
     insecure: bool = False  # allow a non-loopback bind without CURVE
     curve: CurveConfig | None = None
     env: str | None = None  # virtual environment name under .venvs/ (default: NAME-BACKEND)
+    given: frozenset[str] = field(default=frozenset(), repr=False)  # keys the file set
 
     @property
     def binds(self) -> tuple[str, ...]:
@@ -90,7 +91,7 @@ class ServicesConfig:
     run_dir: str = ".run"  # logs and pid files of `make up`
 
 
-_SERVICE_KEYS = {f for f in ServiceConfig.__dataclass_fields__ if f != "name"}
+_SERVICE_KEYS = {f for f in ServiceConfig.__dataclass_fields__ if f not in ("name", "given")}
 _CURVE_KEYS = set(CurveConfig.__dataclass_fields__)
 
 
@@ -128,7 +129,7 @@ def parse_service(name: str, raw: Any, base: Path) -> ServiceConfig:
         raise _err(f"{where}.{unknown[0]}", f"unknown key; valid keys are {sorted(_SERVICE_KEYS)}")
     if "endpoints" not in raw or "backend" not in raw:
         raise _err(where, "needs `endpoints` (list of tcp://HOST:PORT) and `backend`")
-    kw: dict[str, Any] = {"name": name}
+    kw: dict[str, Any] = {"name": name, "given": frozenset(raw)}
     kw["endpoints"] = _str_list(f"{where}.endpoints", raw["endpoints"])
     if not kw["endpoints"]:
         raise _err(f"{where}.endpoints", "needs at least one endpoint")

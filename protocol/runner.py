@@ -115,9 +115,11 @@ def service_main(
     except (ValueError, TypeError, ImportError, RuntimeError, FileNotFoundError) as e:
         log.error("cannot start %s with backend %r: %s", name, backend, e)
         sys.exit(2)
-    if args.workers or (cfg and "workers" in _explicit(cfg)):
+    # The config's workers/queue_size win over the service's own defaults only when written
+    # in the file (a service may default to 2 workers; `workers: 1` must still mean 1).
+    if args.workers or (cfg and "workers" in cfg.given):
         svc.workers = args.workers or cfg.workers
-    if args.queue_size or (cfg and "queue_size" in _explicit(cfg)):
+    if args.queue_size or (cfg and "queue_size" in cfg.given):
         svc.queue_size = args.queue_size or cfg.queue_size
     max_msg = args.max_msg_bytes or (cfg.max_msg_bytes if cfg else None)
     insecure = args.insecure or bool(cfg and cfg.insecure)
@@ -134,11 +136,3 @@ def service_main(
     except (PermissionError, FileNotFoundError, ValueError, zmq.ZMQError) as e:
         log.error("cannot serve on %s: %s", bind, e)
         sys.exit(2)
-
-
-def _explicit(cfg) -> set[str]:
-    """Fields of a ServiceConfig that differ from the defaults (i.e. the user set them)."""
-    from .config import ServiceConfig
-
-    d = ServiceConfig(name=cfg.name, endpoints=cfg.endpoints, backend=cfg.backend)
-    return {k for k in ("workers", "queue_size") if getattr(cfg, k) != getattr(d, k)}

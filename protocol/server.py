@@ -303,17 +303,16 @@ class Service:
                     continue
                 # A new request during the drain: tell it to go elsewhere (retryable).
                 env, payload = split_envelope(recv_parts(sock))
-                if payload:
-                    msg_id = op = None
-                    try:
-                        head = decode(payload)
-                        msg_id, op = head.get("id"), head.get("op")
-                    except WireError as e:
-                        msg_id, op = e.msg_id, e.op
-                    except Exception:
-                        pass
-                    send_parts(sock, env + _error_frames(msg_id, op, errors.UNAVAILABLE,
-                                        f"{self.name} is shutting down; try another replica"))  # fmt: skip
+                msg_id = op = None
+                try:
+                    head = decode(payload)
+                    msg_id, op = head.get("id"), head.get("op")
+                except WireError as e:
+                    msg_id, op = e.msg_id, e.op
+                except Exception:
+                    pass
+                send_parts(sock, env + _error_frames(msg_id, op, errors.UNAVAILABLE,
+                                    f"{self.name} is shutting down; try another replica"))  # fmt: skip
         self._forward_replies(sock, replies)
 
     def _reply_error(self, sock: zmq.Socket, env: list, msg_id: Any, op: Any, code: str,
@@ -323,8 +322,10 @@ class Service:
 
     def _on_request(self, sock: zmq.Socket, msg: list) -> None:
         env, payload = split_envelope(msg)
-        if not payload:
-            return  # an envelope with nothing in it: nothing to answer
+        if not payload:  # routing frames and a delimiter, no message: answer so a REQ is not stuck
+            return self._reply_error(sock, env, None, None, errors.BAD_REQUEST,
+                                     "empty message: no frames after the envelope delimiter; "
+                                     "send frame 0 (prefix + header) after it")  # fmt: skip
         try:
             head = decode(payload)
         except WireError as e:

@@ -123,6 +123,22 @@ def test_all_bad_inputs_in_a_burst_then_real_work(echo):
     assert echo.client.call("info")["requests_served"] >= len(BAD)
 
 
+def test_an_envelope_without_a_message_gets_bad_request(echo):
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(echo.endpoint)
+    try:
+        s.send(b"")  # the delimiter a REQ socket (or a broker) puts in front, then nothing
+        assert s.poll(5000), "no reply: a REQ client would wait forever"
+        delim, *payload = s.recv_multipart()
+        reply = decode(payload)
+        assert delim == b"" and reply["id"] is None and reply["error"]["code"] == "bad_request"
+        assert "empty message" in reply["error"]["message"]
+    finally:
+        s.close()
+    assert echo.client.call("echo", {"x": 1}) == {"x": 1}
+
+
 def test_message_over_max_msg_bytes_is_dropped_and_the_server_lives_on():
     with start_service("echo", backend="echo", module="protocol.echo", timeout=1.0, retries=0,
                        extra_args=["--max-msg-bytes", "65536"]) as svc:  # fmt: skip

@@ -178,7 +178,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0():
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.4)  # the socket thread sees the stop flag within POLL_MS (0.1 s)
         raw.send("echo", 3, {"late": True})  # arrives during the drain
-        got = raw.replies(3)
+        raw.sock.send(b"")  # and an envelope with no message (answered too, id nil)
+        got = raw.replies(4)
+        assert got[None]["error"]["code"] == "unavailable"
         assert got[1]["ok"] and got[1]["body"] == {"slept": 1.2}
         assert got[2]["ok"] and got[2]["body"] == {"n": 1}
         assert got[3]["error"]["code"] == "unavailable" and got[3]["error"]["retryable"]

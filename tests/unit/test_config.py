@@ -58,6 +58,16 @@ def test_valid_config_loads_into_frozen_dataclasses(tmp_path):
         sam.workers = 3
 
 
+def test_config_records_which_keys_the_file_set(tmp_path):
+    cfg = load_services(write(tmp_path, GOOD), base=tmp_path)
+    sam, reader = cfg.services["sam"], cfg.services["reader"]
+    assert "workers" in sam.given and sam.workers == 1  # written, though equal to the default
+    assert "workers" not in reader.given and "queue_size" not in reader.given
+    with pytest.raises(ConfigError, match="services.sam.given: unknown key"):
+        parse_services({"services": {"sam": {"endpoints": ["tcp://127.0.0.1:1"], "backend": "x",
+                                             "given": ["workers"]}}})  # fmt: skip
+
+
 def test_client_from_config_spreads_over_replicas(tmp_path):
     cfg = load_services(write(tmp_path, GOOD), base=tmp_path)
     c = cfg.services["reader"].client(timeout=5.0)
