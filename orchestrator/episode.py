@@ -7,7 +7,13 @@ Usage (each on its own thread, with its own Clients):
 
 SAM session per episode attempt, named `orc-<run>-e<episode>-a<attempt>`: start_session is
 not idempotent, so a known name lets us close the session even when its reply was lost. The
-session is always closed (close_session is idempotent), on success, failure or Ctrl-C.
+session is always closed (close_session is idempotent), on success, failure or Ctrl-C, by a
+SessionCloser: its close outlasts a propagate still running on the replica (closer.py).
+
+propagate is sent once (idempotent=False): a copy resent after a timeout would only queue
+behind the running one on the single-worker replica; a failed attempt is retried whole by the
+scheduler. finish_episode is sent idempotently: the exporter answers a repeat with the result
+of the finish in progress (or done).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from orchestrator.calls import EpisodeRefused, Interrupted, RetryPolicy, Stats, call
+from orchestrator.closer import SessionCloser
 from orchestrator.plan import EpisodePlan, Stage
 from orchestrator.stream import EpisodeStream
 from protocol.client import Client
@@ -28,8 +35,9 @@ from protocol.errors import RemoteError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-CLOSE_TIMEOUT_S = 5.0  # close_session during cleanup: do not hang on a dead replica
-QUIET_CLOSE_TIMEOUT_S = 1.0  # ... and when the replica already did not answer
+CLOSE_TIMEOUT_S = 5.0  # how long cleanup waits for an answer (exporter calls; SAM closes)
+QUIET_CLOSE_TIMEOUT_S = 1.0  # ... for a SAM close when the replica already did not answer
+STATUS_TIMEOUT_S = 10.0  # exporter `status` after a failed export (no request-level retries)
 
 
 @dataclass
@@ -55,7 +63,7 @@ class SamRunner:
     """Runs episodes on ONE SAM replica (its own Client: a session lives on one replica)."""
 
     def __init__(self, client: Client, *, run_id: str, direction: str, run, pipeline: str,
-                 stop: threading.Event, sessions: dict | None = None):  # fmt: skip
+                 stop: threading.Event, closer: SessionCloser):  # fmt: skip
         self.client = client
         self.endpoint = client.endpoints[0]
         self.run_id = run_id
@@ -64,7 +72,8 @@ class SamRunner:
         self.pipeline = pipeline
         self.stop = stop
         self.policy = RetryPolicy.from_run(run)
-        self.sessions = sessions if sessions is not None else {}  # open sessions (for Ctrl-C)
+        self.closer = closer
+        self.sessions = closer.sessions  # open sessions (for Ctrl-C)
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -94,8 +103,10 @@ class SamRunner:
                 times["prompt"] += _now() - t
                 t = _now()
                 self._check_stop()
-                body = {"session": sid, "direction": self.direction}  # one blocking call:
-                self.client.call("propagate", body, timeout=self.run_cfg.propagate_timeout_s)
+                body = {"session": sid, "direction": self.direction}  # one blocking call,
+                self.client.call(  # never resent (see the module docstring)
+                    "propagate", body, timeout=self.run_cfg.propagate_timeout_s, idempotent=False
+                )
                 times["propagate"] += _now() - t
                 meta_stages.append(self._stage_meta(stage, stream))
             self._check_stop()
@@ -106,7 +117,7 @@ class SamRunner:
             quiet = True
             raise
         finally:
-            self.close(sid, timeout=QUIET_CLOSE_TIMEOUT_S if quiet else CLOSE_TIMEOUT_S)
+            self.close(sid, wait_s=QUIET_CLOSE_TIMEOUT_S if quiet else CLOSE_TIMEOUT_S)
         self._check_required(plan, chunks)
         meta = {"pipeline": self.pipeline, "direction": self.direction, "stages": meta_stages}
         return ExportJob(
@@ -175,13 +186,12 @@ class SamRunner:
                 "prompts (boxes/points on frames where the gripper is visible)"
             )
 
-    def close(self, sid: str, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        """Close a session; never raises (cleanup path)."""
-        try:
-            self.client.call("close_session", {"session": sid}, timeout=timeout)
-        except (RemoteError, ServiceUnavailable) as e:
-            log.warning("sam %s: could not close session %s: %s", self.endpoint, sid, e)
-        self.sessions.pop(sid, None)
+    def close(self, sid: str, wait_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Close a session, waiting at most wait_s for the answer; never raises (cleanup path).
+        Unanswered, the close stays queued on the replica (with a long deadline)."""
+        if self.closer.close({sid: self.endpoint}, wait_s):
+            log.warning("sam %s: close of session %s not answered within %.1fs; it stays queued "
+                        "there", self.endpoint, sid, wait_s)  # fmt: skip
 
 
 class ExportRunner:
@@ -200,10 +210,6 @@ class ExportRunner:
         out = call(self.client, "open_export", self.open_body, policy=self.policy, stop=self.stop)
         self.export_id = out["export"]
         return out
-
-    def done(self) -> set[int]:
-        out = call(self.client, "status", {"output": self.open_body["output"]}, policy=self.policy)
-        return {int(e) for e in out.get("done", [])}
 
     def export(self, job: ExportJob, on_frames=None) -> dict:
         """put_masks every chunk (pipelined), then finish_episode; returns the outputs."""
@@ -226,25 +232,41 @@ class ExportRunner:
                 fut.result()
                 if on_frames:
                     on_frames(n)
-            body = {
-                "export": self.export_id,
-                "episode": ep,
-                "roles": job.plan.roles,
-                "meta": job.meta,
-            }
-            try:
-                out = self.client.call("finish_episode", body, idempotent=False)
-            except ServiceUnavailable:
-                if ep in self.done():  # the reply was lost but the episode was written
-                    return {}
-                raise
-            return dict(out.get("outputs") or {})
+            return self._finish(job)
         except (RemoteError, ServiceUnavailable) as e:
             if isinstance(e, ServiceUnavailable) or e.code == "not_found":
                 self.export_id = None  # the exporter may have restarted: reopen next time
             else:
                 self._discard(ep)
             raise
+
+    def _finish(self, job: ExportJob) -> dict:
+        """finish_episode, retried: a repeat waits for the finish in progress and returns its
+        outputs; on a done episode it answers the outputs from the done marker."""
+        body = {"export": self.export_id, "episode": job.plan.episode, "roles": job.plan.roles,
+                "meta": job.meta}  # fmt: skip
+        out = call(self.client, "finish_episode", body, policy=self.policy, stats=job.stats)
+        return dict(out.get("outputs") or {})
+
+    def exported(self, job: ExportJob) -> dict | None:
+        """After export() failed: the episode's outputs if the exporter has it done anyway (a
+        lost or late finish_episode reply, an "already exported" answer), else None."""
+        ep = job.plan.episode
+        try:  # bounded: a dead exporter already cost the export's own timeouts
+            out = self.client.call("status", {"output": self.open_body["output"]},
+                                   timeout=STATUS_TIMEOUT_S)  # fmt: skip
+            if ep not in {int(e) for e in out.get("done", [])}:
+                return None
+        except (RemoteError, ServiceUnavailable) as e:
+            log.warning("exporter: status after episode %d failed: %s", ep, e)
+            return None
+        if self.export_id is None:
+            return {}
+        try:
+            return self._finish(job)
+        except (RemoteError, ServiceUnavailable) as e:
+            log.warning("exporter: outputs of done episode %d unknown: %s", ep, e)
+            return {}
 
     def _discard(self, episode: int) -> None:
         """Free the masks the exporter holds for a failed attempt (best effort)."""
@@ -257,8 +279,13 @@ class ExportRunner:
     def close(self) -> None:
         if self.export_id is None:
             return
-        try:
-            self.client.call("close_export", {"export": self.export_id}, timeout=CLOSE_TIMEOUT_S)
+        try:  # sent once: the exporter may wait for a finish in progress before it answers
+            self.client.call(
+                "close_export",
+                {"export": self.export_id},
+                timeout=CLOSE_TIMEOUT_S,
+                idempotent=False,
+            )
         except (RemoteError, ServiceUnavailable) as e:
             log.warning("exporter: close_export failed: %s", e)
         self.export_id = None

@@ -17,8 +17,10 @@ frames, plus the bit-packed masks of the export queue (one job per worker).
 
 Failures: an attempt that fails is retried (re-read from the start, after a backoff) up to
 episode_retries times when retrying can help, then recorded failed; the run goes on unless
-fail_fast. A worker whose replica stops answering pings it for replica_down_s, then leaves
-the run; when no worker is left the remaining episodes fail.
+fail_fast. An episode whose export failed but that the exporter reports done (a lost or late
+finish_episode reply) counts as done. A worker whose replica stops answering pings it for
+replica_down_s, then leaves the run; when no worker is left the remaining episodes fail, except
+those already handed to the export thread, which still exports them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.calls import Interrupted, RetryPolicy, describe_error, retryable
+from orchestrator.closer import SessionCloser
 from orchestrator.config import PipelineConfig
 from orchestrator.episode import ExportJob, ExportRunner, SamRunner
 from orchestrator.plan import DatasetInfo, EpisodePlan
@@ -41,6 +44,8 @@ from protocol.client import Client
 from protocol.errors import RemoteError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_CLOSE_WAIT_S = 2.0  # Ctrl-C: how long to wait for the answers to the last closes
 
 
 @dataclass
@@ -89,6 +94,10 @@ class Scheduler:
         )
         self._live_workers = len(mesh.sam_endpoints)
         self.sessions: dict[str, str] = {}  # open SAM sessions -> endpoint (closed on Ctrl-C)
+        self.closer = SessionCloser(mesh.sam, deadline_s=self.run_cfg.propagate_timeout_s,
+                                    sessions=self.sessions)  # fmt: skip
+        self._exporting: set[int] = set()  # episodes with an ExportJob (queued or exporting)
+        self._no_replicas = False  # every SAM worker left the run
         self.busy = {"read": 0.0, "vlm": 0.0, "sam": 0.0, "export": 0.0}
         self.threads: list[threading.Thread] = []
         self.interrupted = False
@@ -165,7 +174,9 @@ class Scheduler:
             return  # recorded as interrupted at the end
         msg = f"{stage}: {describe_error(exc)}"
         rec.errors.append(f"attempt {attempt}: {msg}")
-        if retryable(exc) and attempt <= self.run_cfg.episode_retries:
+        if self._no_replicas:
+            msg += " (not retried: no SAM replica is left)"
+        elif retryable(exc) and attempt <= self.run_cfg.episode_retries:
             pause = self.policy.pause(attempt - 1)
             log.warning("episode %d attempt %d failed (%s); retrying in %.1fs", plan.episode,
                         attempt, msg, pause)  # fmt: skip
@@ -223,7 +234,7 @@ class Scheduler:
         client = self.mesh.sam(endpoint)
         runner = SamRunner(client, run_id=self.run_id, direction=self.cfg.direction,
                            run=self.run_cfg, pipeline=self.cfg.pipeline, stop=self.stop,
-                           sessions=self.sessions)  # fmt: skip
+                           closer=self.closer)  # fmt: skip
         try:
             while not self.stop.is_set() and not self.finished.is_set():
                 try:
@@ -247,12 +258,16 @@ class Scheduler:
                 busy = time.perf_counter() - t0 - job.times["wait_frames"]
                 self._add_busy("sam", busy)
                 rec.add_times({**job.times, "sam": busy})
+                with self._cv:
+                    self._exporting.add(plan.episode)
                 while True:
                     try:
                         self._export_q.put(job, timeout=POLL_S)
                         break
                     except queue.Full:
                         if self.stop.is_set():
+                            with self._cv:
+                                self._exporting.discard(plan.episode)
                             return
         finally:
             with self._cv:
@@ -278,13 +293,17 @@ class Scheduler:
         return False
 
     def _no_replica_left(self) -> None:
+        """Fail the episodes no worker can run; those with an ExportJob are left to the export
+        thread, which drains its queue (the run ends when they settle)."""
         log.error("no SAM replica answers; the remaining episodes fail")
-        for rec in self.records.values():
-            if rec.result == "pending":
-                rec.result, rec.error = "failed", "no SAM replica answers (all left the run)"
-                self.progress.episode_failed()
-        self.stop.set()
-        self.finished.set()
+        with self._cv:
+            self._no_replicas = True
+            self._todo.clear()
+            for rec in self.records.values():
+                if rec.result == "pending" and rec.episode not in self._exporting:
+                    rec.result, rec.error = "failed", "no SAM replica answers (all left the run)"
+                    self.progress.episode_failed()
+                    self._final(rec.episode)
 
     # -- export ---------------------------------------------------------------------------
     def _export_loop(self) -> None:
@@ -315,33 +334,45 @@ class Scheduler:
             sent += n
             self.progress.frames(n)
 
+        error: BaseException | None = None
         try:
             outputs = runner.export(job, on_frames)
         except BaseException as e:  # noqa: BLE001 - classified by _failed
-            self.progress.frames(-sent)
-            self._add_busy("export", time.perf_counter() - t0)
-            rec.request_retries += job.stats.request_retries
-            self._failed(job.plan, job.attempt, e, "export")
-            return
+            error = e  # done in the exporter after all? (a late finish, "already exported")
+            outputs = (
+                runner.exported(job) if isinstance(e, RemoteError | ServiceUnavailable) else None
+            )
         dt = time.perf_counter() - t0
         self._add_busy("export", dt)
         rec.request_retries += job.stats.request_retries
-        self._complete(job, outputs, dt)
+        with self._cv:  # settled in one step: _no_replica_left sees it exporting or settled
+            self._exporting.discard(job.plan.episode)
+            if outputs is None:
+                self.progress.frames(-sent)
+                self._failed(job.plan, job.attempt, error, "export")
+                return
+            if error is not None:
+                log.warning("episode %d: export answered %s, but the exporter has it done",
+                            job.plan.episode, describe_error(error))  # fmt: skip
+                self.progress.frames(job.plan.n_frames - sent)
+            self._complete(job, outputs, dt)
 
     # -- Ctrl-C ---------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        """Give workers stop_grace_s to close their sessions, then close what is left."""
+        """Give workers stop_grace_s to close their sessions, then close what is left: the
+        closes outlast a propagate still running there; we wait SHUTDOWN_CLOSE_WAIT_S for them."""
         end = time.monotonic() + self.run_cfg.stop_grace_s
         try:
             for t in self.threads:
                 t.join(timeout=max(0.0, end - time.monotonic()))
         except KeyboardInterrupt:
             log.warning("second Ctrl-C: not waiting for workers")
-        for sid, endpoint in list(self.sessions.items()):
-            c = self.mesh.sam(endpoint)
-            try:
-                c.call("close_session", {"session": sid}, timeout=2.0, idempotent=False)
-            except (RemoteError, ServiceUnavailable) as e:
-                log.warning("could not close SAM session %s on %s: %s", sid, endpoint, e)
-            finally:
-                c.close()
+        if not self.sessions:
+            return
+        try:
+            left = self.closer.close(dict(self.sessions), SHUTDOWN_CLOSE_WAIT_S)
+        except KeyboardInterrupt:
+            left = list(self.sessions)
+        if left:
+            log.warning("SAM session(s) %s: close sent but not answered yet (the replica is "
+                        "busy or down); it closes them when free", ", ".join(left))  # fmt: skip

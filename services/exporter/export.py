@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -39,6 +40,7 @@ from services.exporter.ytvis import YtvisWriter, combine
 
 log = logging.getLogger(__name__)
 MARKER_RE = re.compile(r"^(\d{4,})\.json$")
+CLOSE_WAIT_S = 60.0  # close() waits this long for finishes in progress, then leaves it to them
 
 
 class MemoryBudget:
@@ -105,6 +107,8 @@ class Export:
         self._finished = threading.Condition(self._lock)  # notified when a finish ends
         self._held: dict[int, HeldEpisode] = {}
         self._finishing: set[int] = set()
+        self._closing = False  # close() was called: new finishes are refused
+        self._release_left = False  # close() gave up waiting: the last finish releases
         self.rgbm: ZarrOut | None = None
         self.arm_zarr: ZarrOut | None = None
         self.done: set[int] = set(read_done(layout))
@@ -250,6 +254,9 @@ class Export:
         with self._lock:
             while episode in self._finishing:  # a retry of a slow call: wait for its result
                 self._finished.wait()
+            if self._closing and episode not in self.done:
+                raise ExportError("not_found", f"export: {self.id} was closed; call open_export "
+                                  "again to resume the output")  # fmt: skip
             if episode in self.done:
                 held = self._held.pop(episode, None)
                 if held is not None:
@@ -291,6 +298,9 @@ class Export:
             with self._lock:
                 self._finishing.discard(episode)
                 self._finished.notify_all()
+                release = self._release_left and not self._finishing
+            if release:  # close() gave up waiting for this finish: release what it left
+                self._release()
 
     def _check_roles(self, episode: int, held: HeldEpisode, roles: dict[str, int]) -> None:
         for role, obj in roles.items():
@@ -350,20 +360,39 @@ class Export:
         except OSError as exc:
             raise os_error(exc, "ytvis annotations.json") from exc
 
-    def close(self) -> None:
-        """Write ytvis/annotations.json, drop held masks, release the folder lock."""
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Wait (at most wait_s) for finishes in progress, write ytvis/annotations.json, drop
+        held masks, release the folder lock and the source. Finishes still running after wait_s
+        keep them: the last one to end releases them."""
+        end = time.monotonic() + wait_s
+        with self._lock:
+            self._closing = True
+            while self._finishing and (left := end - time.monotonic()) > 0:
+                self._finished.wait(left)
+            busy = sorted(self._finishing)
+            self._release_left = bool(busy)
+        if busy:
+            log.warning("export %s closed while episode(s) %s were still being finished; the "
+                        "folder lock is released when they end", self.id, busy)  # fmt: skip
+            return
         try:
             if "ytvis" in self.outputs:
                 self.combine_ytvis()
         finally:
-            with self._lock:
-                dropped = list(self._held)
-                nbytes = sum(h.nbytes for h in self._held.values())
-                self._held.clear()
-            self.budget.release(nbytes)
-            if dropped:
-                log.warning(
-                    "export %s closed with unfinished episodes %s (masks dropped)", self.id, dropped
-                )
-            self._out_lock.release()
+            self._release()
+
+    def _release(self) -> None:
+        """Drop held masks, release the folder lock and the source (once)."""
+        with self._lock:
+            dropped = list(self._held)
+            nbytes = sum(h.nbytes for h in self._held.values())
+            self._held.clear()
+            lock, self._out_lock = self._out_lock, None
+        self.budget.release(nbytes)
+        if dropped:
+            log.warning(
+                "export %s closed with unfinished episodes %s (masks dropped)", self.id, dropped
+            )
+        if lock is not None:
+            lock.release()
             self.source.close()

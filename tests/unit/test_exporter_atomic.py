@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ import pytest
 import zarr
 
 from protocol.masks import pack
+from services.exporter import export as export_mod
 from services.exporter.errors import ExportError
 from services.exporter.export import Export, MemoryBudget, read_status
 from services.exporter.synthetic import (
@@ -274,3 +277,58 @@ def test_concurrent_finishes_sharing_chunks_match_a_sequential_run(
         assert sorted(f.result()["episode"] for f in futs) == [0, 1, 2]
     par.close()
     assert tree_digest(tmp_path / "par") == tree_digest(tmp_path / "seq")
+
+
+@contextmanager
+def _held_finish(exp: Export, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
+    """finish_episode(0) running on a thread, paused inside its writers until `go` is set."""
+    exp.put_masks(0, 0, IDS, pack(synthetic_masks(LENGTHS[0], H, W, IDS, episode=0)), W)
+    entered, go = threading.Event(), threading.Event()
+    real = export_mod.run_episode
+
+    def slow(*args, **kw):  # the writers of a long episode
+        entered.set()
+        go.wait(10)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(export_mod, "run_episode", slow)
+    with ThreadPoolExecutor(2) as pool:
+        finish = pool.submit(exp.finish_episode, 0, dict(ROLE_IDS), {})
+        assert entered.wait(10)
+        try:
+            yield pool, finish, go
+        finally:
+            go.set()
+
+
+def test_close_waits_for_a_finish_in_progress(
+    tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = _open(tmp_path / "out", src)
+    with _held_finish(exp, monkeypatch) as (pool, finish, go):
+        closing = pool.submit(exp.close)
+        time.sleep(0.3)
+        assert not closing.done()  # the source and the folder lock stay while it writes
+        go.set()
+        assert finish.result(10)["episode"] == 0
+        closing.result(10)
+    assert read_status(str(tmp_path / "out"))["done"] == [0]
+    _open(tmp_path / "out", src).close()  # the lock was released
+
+
+def test_close_gives_up_waiting_and_the_finish_releases_the_folder(
+    tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = _open(tmp_path / "out", src)
+    with _held_finish(exp, monkeypatch) as (_pool, finish, go):
+        t0 = time.monotonic()
+        exp.close(wait_s=0.2)  # bounded: returns while the finish still runs
+        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(ExportError, match="being written by another exporter"):
+            _open(tmp_path / "out", src)  # the running finish still holds the folder
+        with pytest.raises(ExportError, match="was closed; call open_export again"):
+            exp.finish_episode(1, dict(ROLE_IDS), {})
+        go.set()
+        assert finish.result(10)["episode"] == 0  # it finished with its source open
+    assert read_status(str(tmp_path / "out"))["done"] == [0]
+    _open(tmp_path / "out", src).close()  # released by the finish when it ended

@@ -30,20 +30,27 @@ def frame_value(episode: int, t: int) -> int:
 
 class FakeMesh:
     """Service doubles: a reader of synthetic frames, a SAM whose masks are a threshold of the
-    frames it received (with a per-frame propagate delay), an exporter that keeps the masks."""
+    frames it received (with a per-frame propagate delay), an exporter that keeps the masks
+    (like the real one: a repeated finish_episode waits for the one in progress and answers
+    its outputs, put_masks of a done episode is refused, `status` lists the done ones)."""
 
     def __init__(self, n_sam: int = 1, delay_per_frame: float = 0.0, read_delay: float = 0.0,
-                 export_delay: float = 0.0):  # fmt: skip
+                 export_delay: float = 0.0, export_workers: int = 1):  # fmt: skip
         self.lock = threading.Lock()
         self.events: list[tuple[float, str, int, str]] = []  # (time, what, episode, replica)
         self.fail: dict[tuple[str, int, int], Exception] = {}  # (op, episode, attempt) -> error
         self.read_calls: defaultdict[int, int] = defaultdict(int)
         self.read_fail_once: set[int] = set()
         self.exported: dict[int, np.ndarray] = {}
+        self.finish_calls: defaultdict[int, int] = defaultdict(int)
+        self.finish_fail: dict[int, str] = {}  # episode -> "after_write" | "late" (see finish)
+        self.die_on_propagate: set[int] = set()  # episodes whose propagate stops their SAM
         self.started, self.closed = [], []
         self.delay, self.read_delay, self.export_delay = delay_per_frame, read_delay, export_delay
         self._svcs = (
-            [self._reader()] + [self._sam(f"sam{i}") for i in range(n_sam)] + [self._exporter()]
+            [self._reader()]
+            + [self._sam(f"sam{i}") for i in range(n_sam)]
+            + [self._exporter(export_workers)]
         )
         self.endpoints: dict[str, str] = {}
         self._threads = []
@@ -133,6 +140,9 @@ class FakeMesh:
             ep = parse(b["session"])[0]
             self.log("propagate_start", ep, name)
             injected("propagate", b["session"])
+            if ep in self.die_on_propagate:  # the replica goes away during this propagate
+                svc.request_stop()
+                time.sleep(0.5)
             time.sleep(self.delay * T)
             self.log("propagate_end", ep, name)
             return {"frames": T, "obj_ids": [1]}
@@ -155,9 +165,16 @@ class FakeMesh:
 
         return svc, name
 
-    def _exporter(self):
-        svc = Service("exporter", workers=1)
+    def _exporter(self, workers: int):
+        svc = Service("exporter", workers=workers)
         held: dict[int, np.ndarray] = {}
+        finishing: set[int] = set()
+        cv = threading.Condition()
+        outputs = {"rgbm": "out/rgbm.zarr"}
+
+        def mark_exported(ep: int, masks: np.ndarray) -> None:
+            self.exported[ep] = masks
+            self.log("exported", ep)
 
         @svc.op("open_export")
         def open_export(b: dict) -> dict:
@@ -165,16 +182,40 @@ class FakeMesh:
 
         @svc.op("put_masks")
         def put_masks(b: dict) -> dict:
+            if b["episode"] in self.exported:
+                raise BadRequest(f"episode: {b['episode']} is already exported (done)")
             arr = held.setdefault(b["episode"], np.zeros((1, T, H, (W + 7) // 8), np.uint8))
             arr[:, b["start"] : b["start"] + b["masks"].shape[1]] = b["masks"]
             return {"received": T}
 
         @svc.op("finish_episode")
         def finish(b: dict) -> dict:
-            time.sleep(self.export_delay)
-            self.exported[b["episode"]] = held.pop(b["episode"])
-            self.log("exported", b["episode"])
-            return {"episode": b["episode"], "outputs": {"rgbm": "out/rgbm.zarr"}}
+            ep = b["episode"]
+            with cv:
+                self.finish_calls[ep] += 1
+                while ep in finishing:  # a repeat waits for the finish in progress
+                    cv.wait()
+                if ep in self.exported:
+                    return {"episode": ep, "outputs": outputs}
+                finishing.add(ep)
+            try:
+                mode = self.finish_fail.pop(ep, None)
+                if mode == "late":  # answers an error, yet the episode is written a bit later
+                    threading.Timer(0.3, mark_exported, (ep, held.pop(ep))).start()
+                    raise Internal("disk hiccup")
+                time.sleep(self.export_delay)
+                mark_exported(ep, held.pop(ep))
+                if mode == "after_write":  # written (done marker), then the reply fails
+                    raise Internal("ytvis annotations: disk hiccup")
+            finally:
+                with cv:
+                    finishing.discard(ep)
+                    cv.notify_all()
+            return {"episode": ep, "outputs": outputs}
+
+        @svc.op("status")
+        def status(b: dict) -> dict:
+            return {"done": sorted(self.exported)}
 
         @svc.op("discard_episode")
         def discard(b: dict) -> dict:
@@ -219,7 +260,8 @@ def fake():
         m.close()
 
 
-def run(fake_mesh: FakeMesh, n_episodes: int, pipeline: dict | None = None, **run_cfg):
+def run(fake_mesh: FakeMesh, n_episodes: int, pipeline: dict | None = None,
+        mesh: Mesh | None = None, **run_cfg):  # fmt: skip
     ends = tuple(T * (i + 1) for i in range(n_episodes))
     ds = DatasetInfo("/fake.zarr", "/fake.zarr", ends, "img", H, W)
     pipe = pipeline or {"pipeline": "rgbm", "prompt": {"source": "text", "text": "mug"}}
@@ -228,7 +270,7 @@ def run(fake_mesh: FakeMesh, n_episodes: int, pipeline: dict | None = None, **ru
     plans = build_plans(cfg, ds, list(range(n_episodes)), None)
     sched = Scheduler(
         plans,
-        fake_mesh.mesh(),
+        mesh or fake_mesh.mesh(),
         ds,
         run_id="t1",
         cfg=cfg,
