@@ -16,10 +16,9 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from protocol.config import read_yaml
 
 PIPELINES = ("rgbm", "arm_only")
 DIRECTIONS = ("forward", "backward", "both")
@@ -308,16 +307,8 @@ def _merge(raw: Any, overrides: dict | None) -> Any:
 def load_pipeline(path: str | os.PathLike, overrides: dict | None = None) -> PipelineConfig:
     """Read and validate a pipeline YAML file; `overrides` (e.g. {"run": {"fail_fast": True}})
     are merged into the YAML before validation."""
-    p = Path(path)
-    if not p.is_file():
-        raise PipelineConfigError(
-            f"pipeline config: {p} does not exist (see configs/pipelines/ for examples)"
-        )
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise PipelineConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_pipeline(_merge(raw, overrides), source=str(p))
+    raw = read_yaml(path, "pipeline config", "configs/pipelines/", PipelineConfigError)
+    return parse_pipeline(_merge(raw, overrides), source=str(path))
 
 
 def as_pipeline(

@@ -170,20 +170,23 @@ def parse_service(name: str, raw: Any, base: Path) -> ServiceConfig:
     return ServiceConfig(**kw)
 
 
+def read_yaml(path: str | os.PathLike, what: str, example: str, error: type[Exception]) -> Any:
+    """Parse a YAML config file; a missing file or bad YAML raises `error` naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what}: {p} does not exist (see {example} for an example)")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise error(f"{p}: not valid YAML: {e}") from None
+
+
 def load_services(
     path: str | os.PathLike, *, base: str | os.PathLike | None = None
 ) -> ServicesConfig:
     """Read and validate a services config. Relative key paths resolve against `base` (cwd)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            f"services config: {p} does not exist (see configs/services.yaml for an example)"
-        )
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_services(raw, path=str(p), base=Path(base) if base else Path.cwd())
+    raw = read_yaml(path, "services config", "configs/services.yaml", ConfigError)
+    return parse_services(raw, path=str(path), base=Path(base) if base else Path.cwd())
 
 
 def parse_services(raw: Any, *, path: str = "<config>", base: Path | None = None) -> ServicesConfig:

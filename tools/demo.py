@@ -22,9 +22,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 import zarr
 
+from orchestrator.config import load_pipeline
 from tools import launch
 from tools.demo_data import DemoConfig, write_demo
 
@@ -135,9 +135,7 @@ def run(args: argparse.Namespace) -> int:
         scores["rgbm"] = score_rgbm(out / "rgbm", data / "demo_gt.zarr")
     if "arm_only" in report["steps"] and "error" not in report["steps"]["arm_only"]:
         # The ground truth is dilated exactly as the pipeline dilates its masks.
-        radius = int(
-            yaml.safe_load(Path(ARM_CONFIG).read_text())["arm_only"].get("dilation_radius", 0)
-        )
+        radius = load_pipeline(ARM_CONFIG).arm_only.dilation_radius
         scores["arm_only"] = score_arm_only(out / "arm_only", data / "demo_gt.zarr", radius)
     report["scores"] = scores
     for key, floor in (("rgbm", args.min_rgbm_iou), ("arm_only", args.min_arm_iou)):
