@@ -74,7 +74,7 @@ class DelayedClassicalBackend(ClassicalBackend):
 
 def serve_sam(argv: list[str]) -> None:
     """Service mode: the sam service with the delayed backend registered as `bench_delay`."""
-    from protocol.server import service_main
+    from protocol.runner import service_main
     from services.sam.backends import BACKENDS
     from services.sam.service import build_service
 

@@ -11,8 +11,9 @@ import time
 import numpy as np
 
 from protocol.errors import ServiceError
+from protocol.runner import service_main
 from protocol.schema import message
-from protocol.server import Service, service_main
+from protocol.server import Service
 
 
 @message

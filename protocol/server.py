@@ -422,12 +422,3 @@ class Service:
         except Exception as e:
             log.exception("%s: op %s failed", self.name, name)
             return _error_frames(job.msg_id, name, errors.INTERNAL, f"{type(e).__name__}: {e}")
-
-
-def service_main(
-    name: str, build: Callable[[str, dict], Service], argv: list[str] | None = None
-) -> None:
-    """The command line of every `python -m services.NAME`; see protocol/runner.py."""
-    from .runner import service_main as _main
-
-    _main(name, build, argv)

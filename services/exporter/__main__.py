@@ -1,6 +1,6 @@
 """Run the exporter service: python -m services.exporter --backend local [--bind ...]."""
 
-from protocol.server import service_main
+from protocol.runner import service_main
 from services.exporter.service import build_service
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Usage:
         --option base_url=http://127.0.0.1:8000/v1 --option concurrency=16
 """
 
-from protocol.server import service_main
+from protocol.runner import service_main
 from services.vlm.service import build_service
 
 if __name__ == "__main__":
