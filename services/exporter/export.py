@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from services.exporter import grounding_out, sam3_out
 from services.exporter.buffer import ZarrOut
 from services.exporter.episode import EpisodeJob, Writer, run_episode
 from services.exporter.errors import ExportError, bad, os_error
@@ -40,6 +41,7 @@ from services.exporter.ytvis import YtvisWriter, combine
 
 log = logging.getLogger(__name__)
 MARKER_RE = re.compile(r"^(\d{4,})\.json$")
+COMBINED = frozenset({"ytvis", "sam3", "grounding"})  # outputs with files over all episodes
 CLOSE_WAIT_S = 60.0  # close() waits this long for finishes in progress, then leaves it to them
 
 
@@ -290,7 +292,7 @@ class Export:
                 self._held.pop(episode, None)
                 all_done = len(self.done) == self.source.n_episodes
             self.budget.release(held.nbytes)
-            if all_done and "ytvis" in self.outputs:
+            if all_done and COMBINED.intersection(self.outputs):
                 self.combine_ytvis()
             log.info("episode %d exported (%d frames)", episode, ep_stop - ep_start)
             return {"episode": episode, "outputs": outputs}
@@ -340,6 +342,10 @@ class Export:
             writers.append(PreviewWriter())
         if "ytvis" in self.outputs:
             writers.append(YtvisWriter())
+        if "sam3" in self.outputs:
+            writers.append(sam3_out.Sam3Writer(self.source.n_episodes))
+        if "grounding" in self.outputs:
+            writers.append(grounding_out.GroundingWriter(self.source.n_episodes))
         return writers
 
     def _align(self) -> int:
@@ -353,12 +359,20 @@ class Export:
         return {k: str((self.layout.root / v).resolve()) for k, v in outputs.items()}
 
     def combine_ytvis(self) -> None:
+        """Rebuild the files that cover all done episodes (ytvis/annotations.json, the sam3
+        annotation files and the split records of sam3 and grounding)."""
         with self._lock:
             done = sorted(self.done)
+        n, opts = self.source.n_episodes, self.options
         try:
-            combine(self.layout, done, self.options.fsync)
+            if "ytvis" in self.outputs:
+                combine(self.layout, done, opts.fsync)
+            if "sam3" in self.outputs:
+                sam3_out.combine(self.layout, done, n, opts)
+            if "grounding" in self.outputs:
+                grounding_out.combine(self.layout, done, n, opts)
         except OSError as exc:
-            raise os_error(exc, "ytvis annotations.json") from exc
+            raise os_error(exc, "combined annotation files (ytvis/sam3/grounding)") from exc
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Wait (at most wait_s) for finishes in progress, write ytvis/annotations.json, drop
@@ -376,7 +390,7 @@ class Export:
                         "folder lock is released when they end", self.id, busy)  # fmt: skip
             return
         try:
-            if "ytvis" in self.outputs:
+            if COMBINED.intersection(self.outputs):
                 self.combine_ytvis()
         finally:
             self._release()

@@ -72,9 +72,17 @@ class Layout:
         return [
             self.root, self.done_dir, self.arm_only_dir, self.root / "npz", self.root / "preview",
             self.ytvis_dir, self.ytvis_dir / "JPEGImages", self.ytvis_dir / "videos",
+            *self.sets_folders(),
         ]  # fmt: skip
+
+    def sets_folders(self) -> list[Path]:
+        """Folders of the training-set outputs (sam3, grounding) that may hold temps."""
+        sam3, gr = self.root / "sam3", self.root / "grounding"
+        return [sam3, sam3 / "parts", *(sam3 / s / d for s, ds in
+                (("stage1", ("train", "test")), ("stage2", ("train", "val"))) for d in ds),
+                gr, gr / "train", gr / "val"]  # fmt: skip
 
     def own_entries(self) -> set[str]:
         """Top-level names an export creates (a folder holding only these is ours)."""
         return {"export.json", "done", "rgbm.zarr", "arm_only.zarr", "arm_only", "npz",
-                "preview", "ytvis", ".lock"}  # fmt: skip
+                "preview", "ytvis", "sam3", "grounding", ".lock"}  # fmt: skip

@@ -16,7 +16,7 @@ import numcodecs
 
 from services.exporter.errors import bad
 
-OUTPUTS = ("rgbm", "arm_only", "npz", "preview", "ytvis")
+OUTPUTS = ("rgbm", "arm_only", "npz", "preview", "ytvis", "sam3", "grounding")
 ROLES = ("target", "arm_left", "arm_right", "gripper_left", "gripper_right")
 OPERATIONAL = ("fsync",)  # options that do not change what is written
 COMPRESSORS = ("blosc", "zstd", "zlib", "none")  # all lossless
@@ -49,6 +49,18 @@ class ExportOptions:
     sheet_tile_width: int = 320  # contact sheet: tile width px (aspect kept)
     fsync: bool = True  # fsync data before marking an episode done (crash/power-loss safe)
     pipeline: dict = field(default_factory=dict)  # the pipeline config, recorded in rgbm attrs
+    # training sets (sam3, grounding; services/exporter/sets.py): split by episode
+    eval_fraction: float = 0.2  # share of the source's episodes in the eval split (test/val)
+    split_seed: int = 0  # seed of the episode split, negatives and grounding GT points
+    approved_only: bool = False  # sam3/grounding: only episodes approved in the studio
+    sam3_every: int = 5  # stage 1 takes every k-th frame
+    sam3_negatives: float = 0.15  # stage 1: at most this share of images without any object
+    sam3_roles: str = ""  # comma-separated roles to export ('' = every object)
+    sam3_phrases: str = "prompt"  # noun phrase: prompt (its words, else role name) | role
+    grounding_frames: int = 5  # grounding: frames per episode, evenly spaced (01..NN)
+    grounding_dilation: int = 10  # grounding: _mask_dialated.png radius px (elliptical)
+    grounding_roles: str = "target"  # grounding: roles exported as uid_<obj_id> ('' = all)
+    inpainted_dir: str = ""  # grounding: ProPainter output folder for _inpainted.png ('' = none)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> ExportOptions:
@@ -61,8 +73,9 @@ class ExportOptions:
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}
         for key, value in raw.items():
             _check_type(key, value, kinds[key])
-        if "preview_fps" in raw:
-            raw["preview_fps"] = float(raw["preview_fps"])
+        for name in ("preview_fps", "eval_fraction", "sam3_negatives"):
+            if name in raw:
+                raw[name] = float(raw[name])
         opts = cls(**raw)
         opts._validate()
         return opts
@@ -83,6 +96,9 @@ class ExportOptions:
             "sheet_frames": (1, 400),
             "sheet_cols": (1, 100),
             "sheet_tile_width": (16, 4096),
+            "sam3_every": (1, 100_000),
+            "grounding_frames": (2, 99),
+            "grounding_dilation": (0, 512),
         }
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
@@ -92,6 +108,16 @@ class ExportOptions:
             raise bad(f"options.clevel: {self.clevel}; {self.compressor} takes 0..9")
         if not 0.1 <= self.preview_fps <= 240:
             raise bad(f"options.preview_fps: {self.preview_fps} is out of range; use 0.1..240")
+        for name in ("eval_fraction", "sam3_negatives"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise bad(f"options.{name}: {getattr(self, name)} is out of range; use 0 <= x < 1")
+        for name in ("sam3_roles", "grounding_roles"):
+            for role in (r.strip() for r in getattr(self, name).split(",")):
+                if role and role not in ROLES:
+                    raise bad(f"options.{name}: unknown role {role!r}; use a comma-separated "
+                              f"list of {', '.join(ROLES)} ('' = every object)")  # fmt: skip
+        if self.sam3_phrases not in ("prompt", "role"):
+            raise bad(f"options.sam3_phrases: {self.sam3_phrases!r}; use 'prompt' or 'role'")
         if not self.rgbm_key or "/" in self.rgbm_key or self.rgbm_key.startswith("."):
             raise bad(f"options.rgbm_key: {self.rgbm_key!r}; use a plain array name like 'rgbm'")
         try:

@@ -46,7 +46,7 @@ class OpenExportReq:
     output: str  # export folder (created if missing)
     source: str  # source replay buffer (.zarr folder or .zarr.zip)
     camera_key: str  # data/<camera_key> (N, H, W, 3) uint8 RGB
-    outputs: list[str]  # subset of rgbm, arm_only, npz, preview, ytvis
+    outputs: list[str]  # subset of rgbm, arm_only, npz, preview, ytvis, sam3, grounding
     options: dict | None = None  # ExportOptions; unknown keys are refused
 
 
