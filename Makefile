@@ -6,7 +6,7 @@
 #   make up / down / status / logs
 #   make up SERVICES="sam vlm"    start a subset (e.g. on a GPU host); BIND=tcp://0.0.0.0:5552
 #   make env SERVICE=sam BACKEND=sam2    build a heavy environment on request
-#   make bench-protocol | bench-reader | bench-sam | bench-pipeline
+#   make bench-protocol | bench-reader | bench-sam | bench-pipeline | bench-vos
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -20,7 +20,7 @@ DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
 .PHONY: help env cli-env test-env up down status logs demo demo-data test test-fast test-sam2 \
-        test-reliability bench-protocol bench-reader bench-sam bench-pipeline lint clean
+        test-reliability bench-protocol bench-reader bench-sam bench-pipeline bench-vos lint clean
 
 help:
 	@sed -n '1,12p' Makefile | sed 's/^# \{0,1\}//'
@@ -84,6 +84,12 @@ bench-sam: test-env demo-data
 
 bench-pipeline: test-env
 	$(TEST_PY) -m bench.bench_pipeline
+
+# DAVIS folder (not in the repo); skipped with a message when absent. VOS_ARGS: e.g. --max-frames 20
+DAVIS ?= ../shared/data/davis2016-dev
+VOS_ARGS ?=
+bench-vos: test-env
+	$(TEST_PY) -m bench.bench_vos --davis $(DAVIS) $(VOS_ARGS)
 
 clean:
 	rm -rf .run out data/demo .pytest_cache
