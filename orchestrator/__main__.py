@@ -3,8 +3,13 @@
 Usage:
     python -m orchestrator run --config configs/pipelines/rgbm.yaml --input data/demo/demo.zarr \\
         --output out/rgbm [--episodes 0-9,12] [--services configs/services.yaml] \\
-        [--prompts data/demo/prompts.yaml] [--fail-fast] [--no-progress] [--dry-run]
+        [--prompts data/demo/prompts.yaml] [--camera-key head_cam_img] [--fail-fast] \\
+        [--no-progress] [--dry-run]
     python -m orchestrator status [--services configs/services.yaml] [--output out/rgbm]
+    python -m orchestrator fingerprint --input mine.zarr [--camera-key KEY]
+
+The services config is --services, else $SERVICES_CONFIG, else configs/services.yaml; every
+command prints which one it used.
 
 Exit codes: 0 every selected episode done (or skipped as already done); 1 some failed;
 2 the run could not start (config, prompts, services); 130 interrupted (Ctrl-C).
@@ -19,18 +24,26 @@ import signal
 import sys
 from pathlib import Path
 
+from orchestrator.config import PipelineConfigError, load_pipeline
 from orchestrator.report import summary_table
 from orchestrator.run import (
     RunError,
     RunInterrupted,
     dry_run,
+    fingerprint,
     format_status,
     mesh_status,
     run_pipeline,
 )
-from protocol.config import ConfigError, load_services
+from protocol.config import (
+    DEFAULT_SERVICES_CONFIG,
+    ConfigError,
+    describe_services_source,
+    load_services,
+    services_config_path,
+)
 
-DEFAULT_SERVICES = "configs/services.yaml"
+SERVICES_HELP = f"services config (default: $SERVICES_CONFIG, else {DEFAULT_SERVICES_CONFIG})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,10 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--output", required=True, help="export folder (report.json goes there too)")
     r.add_argument("--episodes", help="episodes to run, e.g. 0-9,12 (default: all)")
+    r.add_argument("--services", default=None, help=SERVICES_HELP)
     r.add_argument(
-        "--services", default=DEFAULT_SERVICES, help=f"services config (default {DEFAULT_SERVICES})"
+        "--prompts",
+        help="prompts file (docs/prompts-file.md) written for --input; replaces the config's "
+        "prompts_file, and for rgbm sets prompt.source: file (the boxes come from the file)",
     )
-    r.add_argument("--prompts", help="prompts file; overrides the config's prompts_file")
+    r.add_argument(
+        "--camera-key",
+        help="data/<key> to mask, (T, H, W, 3) uint8 RGB; replaces the config's camera_key",
+    )
     r.add_argument(
         "--fail-fast", action="store_true", default=None, help="stop at the first failed episode"
     )
@@ -67,15 +86,26 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print report.json to stdout instead of the table"
     )
     s = sub.add_parser("status", help="is every service replica up? what has an export done?")
-    s.add_argument(
-        "--services", default=DEFAULT_SERVICES, help=f"services config (default {DEFAULT_SERVICES})"
+    s.add_argument("--services", default=None, help=SERVICES_HELP)
+    s.add_argument("--output", help="also show this export folder's progress / report.json")
+    f = sub.add_parser(
+        "fingerprint", help="print the `buffer:` entry that ties a prompts file to a buffer"
     )
-    s.add_argument("--output", help="also show this export folder's report.json summary")
+    f.add_argument("--input", required=True, help="replay buffer (zarr directory or .zarr.zip)")
+    f.add_argument("--camera-key", help="data/<key> the prompts are for (default: the only one)")
+    f.add_argument("--services", default=None, help=SERVICES_HELP)
     return p
 
 
+def _services_path(args: argparse.Namespace) -> str:
+    """Resolve the services config (flag, $SERVICES_CONFIG, default) and say which one."""
+    path, origin = services_config_path(args.services)
+    print(describe_services_source(path, origin), file=sys.stderr)
+    return path
+
+
 def _status(args: argparse.Namespace) -> int:
-    svcs = load_services(args.services)
+    svcs = load_services(_services_path(args))
     rows = mesh_status(svcs)
     print(format_status(rows))
     if args.output:
@@ -98,15 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "status":
             return _status(args)
+        services = _services_path(args)
+        if args.cmd == "fingerprint":
+            print(fingerprint(args.input, services, camera_key=args.camera_key))
+            return 0
+        cfg = args.config
+        if args.camera_key is not None:
+            cfg = load_pipeline(args.config, {"camera_key": args.camera_key})
         if args.dry_run:
-            print(dry_run(args.config, args.input, args.output, args.services, args.episodes,
+            print(dry_run(cfg, args.input, args.output, services, args.episodes,
                           prompts_file=args.prompts))  # fmt: skip
             return 0
         signal.signal(signal.SIGTERM, _sigterm)
-        report = run_pipeline(args.config, args.input, args.output, args.services, args.episodes,
+        report = run_pipeline(cfg, args.input, args.output, services, args.episodes,
                               prompts_file=args.prompts, fail_fast=args.fail_fast,
-                              progress=False if args.no_progress else None)  # fmt: skip
-    except (RunError, ConfigError) as e:
+                              progress=False if args.no_progress else None,
+                              echo=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    except (RunError, ConfigError, PipelineConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunInterrupted as e:

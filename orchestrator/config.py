@@ -212,6 +212,13 @@ def _check_rgbm(cfg: PipelineConfig) -> None:
         raise _fail(
             "prompts_file", "prompt.source is 'file': set prompts_file (or pass --prompts FILE)"
         )
+    if p.source != "file" and cfg.prompts_file:
+        raise _fail(
+            "prompts_file",
+            f"{cfg.prompts_file} would not be read: prompt.source is {p.source!r}; set "
+            "prompt.source: file to take the target boxes from it (--prompts FILE does both), "
+            "or remove prompts_file",
+        )
     if p.source == "text" and not (p.text and p.text.strip()):
         raise _fail("prompt.text", "prompt.source is 'text': give the SAM3 text, e.g. 'red mug'")
     if p.source != "text" and p.text is not None:

@@ -94,6 +94,7 @@ class PromptOp:
     text: str | None = None
     rel: bool = False
     vlm: str | None = None  # the description the VLM boxes
+    origin: str = field(default="", compare=False)  # where the prompt comes from (dry-run)
 
     def body(self, session: str, box: list[float] | None = None) -> dict:
         """The add_prompt request body (`box` = the VLM's answer for a vlm prompt)."""
@@ -110,10 +111,11 @@ class PromptOp:
             b["rel"] = True
         return b
 
-    def describe(self) -> str:
+    def describe(self, origin: bool = False) -> str:
         kinds = [k for k, v in (("text", self.text), ("vlm box", self.vlm), ("box", self.box),
                                 ("points", self.points)) if v is not None]  # fmt: skip
-        return f"{self.role}#{self.obj_id}@{self.frame}:{'+'.join(kinds)}"
+        out = f"{self.role}#{self.obj_id}@{self.frame}:{'+'.join(kinds)}"
+        return f"{out} <- {self.origin}" if origin and self.origin else out
 
     def as_meta(self) -> dict:
         """Plain data for the export's metadata (deterministic: no times, no hosts)."""
@@ -148,6 +150,8 @@ class EpisodePlan:
     stages: tuple[Stage, ...]
     roles: dict[str, int]  # role -> obj_id, sent to finish_episode
     require_any: tuple[int, ...] = ()  # at least one of these objects must have a mask
+    prompts_fingerprint: str | None = None  # the prompts-file entry's episode_fingerprint()
+    prompts_round: int | None = None  # the entry's `round` (written by the studio), if any
 
     @property
     def obj_ids(self) -> list[int]:
@@ -223,8 +227,8 @@ class _Checker:
                 self.errors.append(f"{self.where}.{path}.box: {list(p.box)} is not inside {unit}")
 
 
-def _op(p: Prompt, oid: int, role: str, rel: bool) -> PromptOp:
-    return PromptOp(p.frame, oid, role, p.points, p.labels, p.box, rel=rel)
+def _op(p: Prompt, oid: int, role: str, rel: bool, origin: str = "") -> PromptOp:
+    return PromptOp(p.frame, oid, role, p.points, p.labels, p.box, rel=rel, origin=origin)
 
 
 def _instruction(cfg: PipelineConfig, ds: DatasetInfo, ep: int) -> str | None:
@@ -258,10 +262,12 @@ def plan_rgbm(cfg: PipelineConfig, ds: DatasetInfo, ep: int,
         chk.rel = pf.coords == "rel"
         chk.where = f"{pf.source}: episodes.{ep}"
         chk.prompt("target", Prompt(frame=t.frame, box=t.box))
-        op = PromptOp(t.frame, pc.obj_id, "target", box=t.box, rel=chk.rel)
+        op = PromptOp(t.frame, pc.obj_id, "target", box=t.box, rel=chk.rel,
+                      origin=f"file {pf.source} episodes.{ep}.target")  # fmt: skip
     elif pc.source == "text":
         chk.frame("prompt", pc.frame)
-        op = PromptOp(pc.frame, pc.obj_id, "target", text=pc.text)
+        op = PromptOp(pc.frame, pc.obj_id, "target", text=pc.text,
+                      origin=f"config {cfg.origin} prompt.text")  # fmt: skip
     else:
         chk.frame("prompt", pc.frame)
         desc = _instruction(cfg, ds, ep)
@@ -270,11 +276,19 @@ def plan_rgbm(cfg: PipelineConfig, ds: DatasetInfo, ep: int,
                 f"episode {ep}: no instruction for the VLM: the buffer attrs have no "
                 f"episodes[{ep}].{pc.instruction_attr}; set prompt.instruction in the config"
             )
-        op = PromptOp(pc.frame, pc.obj_id, "target", vlm=desc)
-    plan = EpisodePlan(
-        ep, start, n, ds.height, ds.width, (Stage("target", (op,)),), {"target": pc.obj_id}
-    )
+        op = PromptOp(pc.frame, pc.obj_id, "target", vlm=desc, origin="vlm bbox")
+    fp, rnd = _entry_ids(pf.episodes.get(ep) if pc.source == "file" and pf else None)
+    plan = EpisodePlan(ep, start, n, ds.height, ds.width, (Stage("target", (op,)),),
+                       {"target": pc.obj_id}, prompts_fingerprint=fp, prompts_round=rnd)  # fmt: skip
     return plan, chk.errors
+
+
+def _entry_ids(entry: EpisodePrompts | None) -> tuple[str | None, int | None]:
+    """(fingerprint, round) of a prompts-file entry; (None, None) when not from a file."""
+    if entry is None:
+        return None, None
+    rnd = getattr(entry, "round", None)  # the studio's per-episode round, once the schema has it
+    return entry.fingerprint, rnd if isinstance(rnd, int) else None
 
 
 def inline_prompts(cfg: PipelineConfig) -> EpisodePrompts | None:
@@ -303,9 +317,11 @@ def plan_arm_only(cfg: PipelineConfig, ds: DatasetInfo, ep: int, pf: PromptsFile
         if entry is None:
             return None, [f"{pf.source}: episodes.{ep}: no entry for episode {ep}; add its objects"]
         rel, where = pf.coords == "rel", f"{pf.source}: episodes.{ep}"
+        src = f"file {pf.source} episodes.{ep}"
     else:
         entry = inline or EpisodePrompts(ep)
         rel, where = a.coords == "rel", f"{cfg.origin}: arm_only (episode {ep})"
+        src = f"config {cfg.origin} arm_only"
     chk = _Checker(where, n, ds.height, ds.width, rel)
     ids: dict[str, int] = {r: o.obj_id for r, o in entry.objects.items()}
     for role in a.bootstrap_text:  # text-bootstrapped arms without file prompts: config ids
@@ -342,15 +358,18 @@ def plan_arm_only(cfg: PipelineConfig, ds: DatasetInfo, ep: int, pf: PromptsFile
             chk.prompt(f"objects.{role}.prompts[{i}]", p)
         if role in a.bootstrap_text:
             chk.frame("arm_only.bootstrap", a.bootstrap_frame)
-            boot.append(PromptOp(a.bootstrap_frame, ids[role], role, text=a.bootstrap_text[role]))
-            refine += [_op(p, ids[role], role, rel) for p in prompts]
+            boot.append(PromptOp(a.bootstrap_frame, ids[role], role, text=a.bootstrap_text[role],
+                                 origin=f"config {cfg.origin} arm_only.bootstrap_text.{role}"))  # fmt: skip
+            refine += [_op(p, ids[role], role, rel, f"{src}.objects.{role}.prompts[{i}]")
+                       for i, p in enumerate(prompts)]  # fmt: skip
         else:
-            boot += [_op(p, ids[role], role, rel) for p in prompts]
+            boot += [_op(p, ids[role], role, rel, f"{src}.objects.{role}.prompts[{i}]")
+                     for i, p in enumerate(prompts)]  # fmt: skip
     grip: list[PromptOp] = []
     for role in grippers:
         for i, p in enumerate(entry.objects[role].prompts):
             chk.prompt(f"objects.{role}.prompts[{i}]", p)
-            grip.append(_op(p, ids[role], role, rel))
+            grip.append(_op(p, ids[role], role, rel, f"{src}.objects.{role}.prompts[{i}]"))
     for i, r in enumerate(entry.refinements):
         chk.prompt(f"refinements[{i}]", r.prompt)
         role = by_id.get(r.obj_id)
@@ -359,15 +378,19 @@ def plan_arm_only(cfg: PipelineConfig, ds: DatasetInfo, ep: int, pf: PromptsFile
                 f"{where}.refinements[{i}].obj_id: {r.obj_id} is not an object ({sorted(by_id)})"
             )
             continue
-        (refine if role in ARM_ROLES else grip).append(_op(r.prompt, r.obj_id, role, rel))
+        (refine if role in ARM_ROLES else grip).append(
+            _op(r.prompt, r.obj_id, role, rel, f"{src}.refinements[{i}]")
+        )
     order = lambda op: (op.frame, op.obj_id)  # noqa: E731 - seed 000 sorts by (frame, obj_id)
     stages = [Stage("A/bootstrap", tuple(boot))]
     if refine:
         stages.append(Stage("A/refine", tuple(sorted(refine, key=order))))
     stages.append(Stage("B/grippers", tuple(sorted(grip, key=order))))
     roles = {r: ids[r] for r in (*arms, *grippers)}
+    fp, rnd = _entry_ids(entry if pf is not None else None)
     plan = EpisodePlan(ep, start, n, ds.height, ds.width, tuple(stages), roles,
-                       require_any=tuple(ids[r] for r in grippers))  # fmt: skip
+                       require_any=tuple(ids[r] for r in grippers), prompts_fingerprint=fp,
+                       prompts_round=rnd)  # fmt: skip
     return plan, chk.errors
 
 
@@ -406,7 +429,8 @@ def describe_plans(
     lines = []
     for p in plans:
         what = " | ".join(
-            f"{s.name}: {', '.join(op.describe() for op in s.prompts) or '-'} -> propagate {direction}"
+            f"{s.name}: {', '.join(op.describe(origin=True) for op in s.prompts) or '-'} "
+            f"-> propagate {direction}"
             for s in p.stages
         )
         state = "skip (done)" if p.episode in done else "run"

@@ -16,6 +16,8 @@ import datetime as _dt
 import logging
 import os
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,22 @@ from orchestrator.plan import (
 )
 from orchestrator.report import EpisodeRecord, Progress, build_report, write_report
 from orchestrator.scheduler import Mesh, Scheduler
+from orchestrator.sources import (
+    SourceError,
+    buffer_entry_text,
+    check_buffer_tie,
+    dataset_fingerprint,
+    describe_sources,
+    prompts_override,
+    vlm_prompt_sources,
+)
 from protocol.client import Client
-from protocol.config import ConfigError, ServiceConfig, ServicesConfig, load_services
+from protocol.config import (
+    ConfigError,
+    ServiceConfig,
+    ServicesConfig,
+    load_services,
+)
 from protocol.errors import RemoteError, ServiceUnavailable
 from services.vlm.prompts_file import PromptsFile, PromptsFileError, load_prompts_file
 
@@ -59,9 +75,13 @@ def _services(services_cfg: ServicesConfig | str | os.PathLike) -> ServicesConfi
     return load_services(services_cfg)
 
 
+def _needs_vlm(cfg: PipelineConfig) -> bool:
+    return cfg.pipeline == "rgbm" and cfg.prompt.source == "vlm"
+
+
 def _needed(cfg: PipelineConfig) -> list[str]:
     need = ["reader", "sam", "exporter"]
-    if cfg.pipeline == "rgbm" and cfg.prompt.source == "vlm":
+    if _needs_vlm(cfg):
         need.append("vlm")
     return need
 
@@ -127,15 +147,42 @@ def _preflight(cfg: PipelineConfig, svcs: ServicesConfig) -> list[str]:
     return sam_up
 
 
-def prepare(pipeline_cfg: Any, input: str, services_cfg: Any, episodes: Any = None,
-            overrides: dict | None = None) -> tuple[PipelineConfig, ServicesConfig, DatasetInfo,
-                                                 list[EpisodePlan], list[str]]:  # fmt: skip
-    """Validate config, services config, buffer and prompts; check the services answer.
-    Returns (config, services, dataset, plans, live SAM endpoints). Raises RunError."""
+@dataclass
+class Prepared:
+    """What a run starts from, all validated (see prepare())."""
+
+    cfg: PipelineConfig
+    svcs: ServicesConfig
+    ds: DatasetInfo
+    plans: list[EpisodePlan]
+    sam_live: list[str]
+    prompts: PromptsFile | None = None
+    vlm_rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # where config and prompts come from
+    empty: list[int] = field(default_factory=list)  # selected episodes with no frames
+
+
+def _config(pipeline_cfg: Any, overrides: dict | None,
+            prompts_file: str | None) -> tuple[PipelineConfig, str | None]:  # fmt: skip
+    """The pipeline config with overrides; --prompts applied (prompts_override)."""
     try:
-        cfg = as_pipeline(pipeline_cfg, overrides)
+        base = as_pipeline(pipeline_cfg, overrides)
+        over, note = prompts_override(base, prompts_file)
+        return (as_pipeline(base, over) if over else base), note
+    except PipelineConfigError as e:
+        raise RunError(str(e)) from None
+    except SourceError as e:
+        raise RunError(str(e)) from None
+
+
+def prepare(pipeline_cfg: Any, input: str, services_cfg: Any, episodes: Any = None,
+            overrides: dict | None = None, prompts_file: str | None = None) -> Prepared:  # fmt: skip
+    """Validate config, services config, buffer and prompts (tied to this buffer); check the
+    services answer. Raises RunError listing the problems."""
+    cfg, note = _config(pipeline_cfg, overrides, prompts_file)
+    try:
         svcs = _services(services_cfg)
-    except (PipelineConfigError, ConfigError) as e:
+    except ConfigError as e:
         raise RunError(str(e)) from None
     _check_services(cfg, svcs)
     prompts = _load_prompts(cfg)
@@ -147,30 +194,48 @@ def prepare(pipeline_cfg: Any, input: str, services_cfg: Any, episodes: Any = No
         try:
             ds = DatasetInfo.from_open(reply, path=path, camera_key=cfg.camera_key)
             eps = parse_episode_spec(episodes, ds.n_episodes)
+            empty = [e for e in eps if ds.bounds(e)[1] <= ds.bounds(e)[0]]
+            eps = [e for e in eps if e not in empty]
+            if not eps:
+                raise PlanError(f"--episodes: every selected episode of {path} is empty "
+                                f"(no frames): {empty}")  # fmt: skip
+            if prompts is not None:
+                check_buffer_tie(prompts, ds)
+            rows = vlm_prompt_sources(svcs, ds) if _needs_vlm(cfg) else []
             plans = build_plans(cfg, ds, eps, prompts)
-        except PlanError as e:
+        except (PlanError, SourceError) as e:
             raise RunError(str(e)) from None
     finally:
         reader.close()
-    return cfg, svcs, ds, plans, sam_live
+    notes = [note] if note else []
+    notes.append(describe_sources(cfg, prompts, rows))
+    if empty:
+        notes.append(f"skipping empty episode(s) {empty}: meta/episode_ends repeats a value "
+                     "there (no frames to mask)")  # fmt: skip
+    return Prepared(cfg, svcs, ds, plans, sam_live, prompts, rows, notes, empty)
 
 
 def run_pipeline(pipeline_cfg: PipelineConfig | dict | str | os.PathLike, input: str,
                  output: str, services_cfg: ServicesConfig | str | os.PathLike,
                  episodes: str | list[int] | None = None, *, prompts_file: str | None = None,
-                 fail_fast: bool | None = None, progress: bool | None = None) -> dict:  # fmt: skip
+                 fail_fast: bool | None = None, progress: bool | None = None,
+                 echo: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """Run the pipeline over the selected episodes; writes <output>/report.json, returns it.
 
     Finished episodes (the exporter's `status`) are skipped. Ctrl-C stops cleanly: SAM sessions
     are closed, finished episodes kept, the report written, then KeyboardInterrupt re-raised.
+    `echo` gets one line per note (which services config and prompts the run uses).
     """
     overrides: dict[str, Any] = {}
-    if prompts_file is not None:
-        overrides["prompts_file"] = prompts_file
     run_o = {k: v for k, v in (("fail_fast", fail_fast), ("progress", progress)) if v is not None}
     if run_o:
         overrides["run"] = run_o
-    cfg, svcs, ds, plans, sam_live = prepare(pipeline_cfg, input, services_cfg, episodes, overrides)
+    pr = prepare(pipeline_cfg, input, services_cfg, episodes, overrides, prompts_file)
+    cfg, svcs, ds, plans, sam_live = pr.cfg, pr.svcs, pr.ds, pr.plans, pr.sam_live
+    for n in pr.notes:
+        log.info("%s", n)
+        if echo is not None:
+            echo(n)
     run_id = uuid.uuid4().hex[:8]
     log.info("run %s: pipeline %s, %d episode(s) of %s -> %s; config %s", run_id, cfg.pipeline,
              len(plans), input, output, cfg.to_dict())  # fmt: skip
@@ -189,6 +254,8 @@ def run_pipeline(pipeline_cfg: PipelineConfig | dict | str | os.PathLike, input:
     skipped = [
         EpisodeRecord(p.episode, p.n_frames, result="skipped") for p in plans if p.episode in done
     ]
+    skipped += [EpisodeRecord(e, 0, result="skipped", error="empty episode (no frames)")
+                for e in pr.empty]  # fmt: skip
     if skipped:
         log.info("skipping %d finished episode(s): %s", len(skipped), [r.episode for r in skipped])
     sam = svcs.services["sam"]
@@ -208,7 +275,8 @@ def run_pipeline(pipeline_cfg: PipelineConfig | dict | str | os.PathLike, input:
     finally:
         bar.close()
     meta = {"pipeline": cfg.pipeline, "input": ds.path, "output": out_dir, "run_id": run_id,
-            "started": started, "interrupted": sched.interrupted, "config": cfg.to_dict()}  # fmt: skip
+            "started": started, "interrupted": sched.interrupted, "config": cfg.to_dict(),
+            "services_config": svcs.path, "sources": pr.notes}  # fmt: skip
     threads = {"read": cfg.run.reader_threads, "vlm": cfg.run.reader_threads,
                "sam": len(sam_live), "export": 1}  # fmt: skip
     report = build_report([*records.values(), *skipped], meta=meta, wall_s=sched.wall_s,
@@ -264,12 +332,13 @@ def format_status(rows: list[dict]) -> str:
 
 def dry_run(pipeline_cfg: Any, input: str, output: str, services_cfg: Any,
             episodes: Any = None, *, prompts_file: str | None = None) -> str:  # fmt: skip
-    """Validate config and prompts, check every service answers, return the plan as text."""
-    overrides = {"prompts_file": prompts_file} if prompts_file else None
+    """Validate config and prompts, check every service answers, return the plan as text:
+    which services config, where every prompt comes from (file and entry, or the VLM
+    endpoint and backend), what would run."""
+    cfg, _ = _config(pipeline_cfg, None, prompts_file)
     try:
-        cfg = as_pipeline(pipeline_cfg, overrides)
         svcs = _services(services_cfg)
-    except (PipelineConfigError, ConfigError) as e:
+    except ConfigError as e:
         raise RunError(str(e)) from None
     _check_services(cfg, svcs)
     rows = mesh_status(svcs, _needed(cfg))
@@ -278,7 +347,8 @@ def dry_run(pipeline_cfg: Any, input: str, output: str, services_cfg: Any,
         raise RunError(
             "service(s) not answering (start them with `make up`):\n" + format_status(rows)
         )
-    cfg, svcs, ds, plans, _ = prepare(cfg, input, svcs, episodes)
+    pr = prepare(pipeline_cfg, input, svcs, episodes, None, prompts_file)
+    cfg, ds, plans = pr.cfg, pr.ds, pr.plans
     problems = []
     need = _kinds(plans)
     for r in rows:
@@ -301,7 +371,9 @@ def dry_run(pipeline_cfg: Any, input: str, output: str, services_cfg: Any,
     todo = [p for p in plans if p.episode not in done]
     head = [
         f"pipeline {cfg.pipeline} ({cfg.origin}): OK",
-        f"input {ds.path}: {ds.n_episodes} episodes, camera data/{ds.camera_key} {ds.width}x{ds.height}",
+        f"input {ds.path}: {ds.n_episodes} episodes, camera data/{ds.camera_key} "
+        f"{ds.width}x{ds.height}, fingerprint {dataset_fingerprint(ds)}",
+        *pr.notes,
         f"output {output}: outputs {list(cfg.effective_outputs)}, {len(done & {p.episode for p in plans})} "
         f"selected episode(s) already done",
         f"services: all {len(rows)} replica(s) answer; SAM replicas {len(svcs.services['sam'].endpoints)}",
@@ -316,3 +388,20 @@ def dry_run(pipeline_cfg: Any, input: str, output: str, services_cfg: Any,
         + "\n"
         + describe_plans(plans, done, cfg.direction)
     )
+
+
+def fingerprint(input: str, services_cfg: Any, camera_key: str | None = None) -> str:
+    """The `buffer:` entry of a prompts file written for `input` (asks the reader to open it)."""
+    svcs = _services(services_cfg)
+    reader = svcs.services["reader"].client(timeout=SETUP_TIMEOUT_S)
+    try:
+        path = str(Path(input).resolve())
+        reply = _setup_call(reader, "open", {"path": path}, f"reader: open {input}")
+    finally:
+        reader.close()
+    try:
+        ds = DatasetInfo.from_open(reply, path=path, camera_key=camera_key)
+    except PlanError as e:
+        raise RunError(str(e).replace("set camera_key in the pipeline config",
+                                      "pass --camera-key"))  from None  # fmt: skip
+    return buffer_entry_text(ds)

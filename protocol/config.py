@@ -24,6 +24,8 @@ from . import security
 from .server import DEFAULT_MAX_MSG_BYTES
 
 KNOWN_SERVICES = ("reader", "sam", "vlm", "exporter")
+DEFAULT_SERVICES_CONFIG = "configs/services.yaml"
+SERVICES_CONFIG_ENV = "SERVICES_CONFIG"
 
 
 class ConfigError(ValueError):
@@ -179,6 +181,27 @@ def read_yaml(path: str | os.PathLike, what: str, example: str, error: type[Exce
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise error(f"{p}: not valid YAML: {e}") from None
+
+
+def services_config_path(flag: str | os.PathLike | None = None) -> tuple[str, str]:
+    """The services config a command uses, and why: the command's flag (`--services` /
+    `--config`), else $SERVICES_CONFIG, else configs/services.yaml. Every command (make up,
+    make demo, orchestrator run/status) resolves it here and prints which file it used.
+
+    Returns (path, origin) with origin "flag", "SERVICES_CONFIG" or "default"."""
+    if flag is not None and str(flag) != "":
+        return str(flag), "flag"
+    env = os.environ.get(SERVICES_CONFIG_ENV, "").strip()
+    if env:
+        return env, SERVICES_CONFIG_ENV
+    return DEFAULT_SERVICES_CONFIG, "default"
+
+
+def describe_services_source(path: str, origin: str) -> str:
+    """One line for the user: `services config: X (from $SERVICES_CONFIG)`."""
+    why = {"flag": "given on the command line", SERVICES_CONFIG_ENV: f"from ${SERVICES_CONFIG_ENV}",
+           "default": f"the default; set ${SERVICES_CONFIG_ENV} or pass --services to change it"}  # fmt: skip
+    return f"services config: {path} ({why.get(origin, origin)})"
 
 
 def load_services(

@@ -46,7 +46,13 @@ from tools.arms import (
     pose_to_state,
     solve_arm,
 )
-from tools.demo_prompts import LABEL_ARM, LABEL_GRIPPER, episode_prompts, write_prompts
+from tools.demo_prompts import (
+    LABEL_ARM,
+    LABEL_GRIPPER,
+    buffer_entry,
+    episode_prompts,
+    write_prompts,
+)
 from tools.scene import LABEL_TARGET, Canvas, ObjectSpec, place_objects, render_static
 
 log = logging.getLogger("tools.demo_data")
@@ -261,7 +267,8 @@ def write_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Path]:
         }
     )  # fmt: skip
     src = f"seed={cfg.seed} episodes={e} frames={n} size={w}x{h}"
-    write_prompts(paths["prompts"], prompts, source=src)
+    tie = buffer_entry(ends, "head_cam_img", h, w)  # no path: the bytes do not depend on `out`
+    write_prompts(paths["prompts"], prompts, source=src, buffer=tie)
     return paths
 
 

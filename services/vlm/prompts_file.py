@@ -5,9 +5,15 @@ Usage:
     ep = pf.episode(0)                                  # PromptsFileError if absent
     box = pf.box_pixels(ep.target.box, height=480, width=640)   # rel -> pixels
 
-Schema (version 1):
+Schema (version 1; the user documentation with a copyable example is docs/prompts-file.md):
     version: 1
     coords: abs | rel            # abs: pixels of the original image; rel: fractions in [0, 1]
+    buffer:                      # the replay buffer these prompts were written for
+      fingerprint: 3f2a...       # buffer_fingerprint(): episode_ends + camera key + frame size
+      camera_key: head_cam_img   # data/<key> the coordinates refer to
+      path: data/demo/demo.zarr  # optional, informational (where the buffer was)
+      episodes: 3                # optional, informational
+      size: [640, 480]           # optional, informational: [width, height]
     episodes:
       <episode int>:
         target: {frame: 0, box: [x0, y0, x1, y1], description: "the red mug"}
@@ -16,11 +22,16 @@ Schema (version 1):
         refinements: [{obj_id: 1, frame: 30, points: [[x, y]], labels: [1]}]
         plan: {classify_user_prompt: "I", check_grasp_success: true, ...}   # vlm prompts backend
 Every error names the file, the episode and the field. Unknown keys are errors.
+The orchestrator refuses a prompts file without `buffer`, or whose fingerprint is not the
+input's (`python -m orchestrator fingerprint --input BUFFER` prints the entry to add).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +50,45 @@ PLAN_TASKS = (
     "check_user_prompt_complete",
 )
 _EPISODE_KEYS = ("target", "objects", "refinements", "plan")
+_BUFFER_KEYS = ("fingerprint", "camera_key", "path", "episodes", "size")
+# per-episode keys that record who/when, not what is prompted: left out of episode_fingerprint
+BOOKKEEPING_KEYS = frozenset({"round", "approved", "annotator", "note", "status"})
+
+
+def buffer_fingerprint(
+    episode_ends: Sequence[int], camera_key: str, height: int, width: int
+) -> str:
+    """sha256 (hex) of what a prompts file's coordinates depend on: the episode boundaries,
+    the camera key and its frame size. Computed the same way by the orchestrator (from the
+    reader's `open` reply), the studio and tools/demo_data.py."""
+    doc = {"episode_ends": [int(e) for e in episode_ends], "camera_key": str(camera_key),
+           "height": int(height), "width": int(width)}  # fmt: skip
+    return hashlib.sha256(_canonical(doc).encode()).hexdigest()
+
+
+def episode_fingerprint(entry: Any, coords: str) -> str:
+    """sha256 (hex) of one episode's prompts: the canonical JSON (sorted keys, no spaces) of
+    {"coords": coords, "entry": entry} with the bookkeeping keys (round, approved, annotator,
+    note, status) left out. The orchestrator stores it in the exporter's done record and
+    re-runs an episode whose fingerprint changed."""
+    if isinstance(entry, dict):
+        entry = {k: v for k, v in entry.items() if k not in BOOKKEEPING_KEYS}
+    return hashlib.sha256(_canonical({"coords": coords, "entry": entry}).encode()).hexdigest()
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _plain(obj: Any) -> Any:
+    """YAML/JSON data with int keys as strings and tuples as lists (JSON and YAML agree)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)  # 120.0 and 120 are the same coordinate
+    return obj
 
 
 class PromptsFileError(ValueError):
@@ -82,6 +132,28 @@ class EpisodePrompts:
     objects: dict[str, ObjectPrompts] = field(default_factory=dict)
     refinements: tuple[Refinement, ...] = ()
     plan: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None  # episode_fingerprint() of the entry (None: not from a file)
+
+
+@dataclass(frozen=True)
+class BufferTie:
+    """The `buffer` entry: which replay buffer (and camera) the prompts were written for."""
+
+    fingerprint: str
+    camera_key: str
+    path: str | None = None
+    episodes: int | None = None
+    size: tuple[int, int] | None = None  # (width, height)
+
+    def describe(self) -> str:
+        parts = [f"camera data/{self.camera_key}"]
+        if self.size:
+            parts.append(f"{self.size[0]}x{self.size[1]}")
+        if self.episodes is not None:
+            parts.append(f"{self.episodes} episodes")
+        if self.path:
+            parts.append(f"at {self.path}")
+        return f"fingerprint {self.fingerprint[:12]} ({', '.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -90,6 +162,7 @@ class PromptsFile:
     coords: str
     episodes: dict[int, EpisodePrompts]
     source: str = "<memory>"
+    buffer: BufferTie | None = None  # None: the file does not say which buffer it is for
 
     def episode(self, episode: int) -> EpisodePrompts:
         """The episode's entry; PromptsFileError naming the episodes the file has."""
@@ -196,6 +269,13 @@ class _Ctx:
         x0, y0, x1, y1 = (self.number(c, f"{path}[{i}]") for i, c in enumerate(v))
         if not (x0 < x1 and y0 < y1):
             raise self.fail(path, f"{list(v)} needs x0 < x1 and y0 < y1 (order [x0, y0, x1, y1])")
+        if self.coords == "abs" and x1 <= 1 and y1 <= 1:
+            raise self.fail(
+                path,
+                f"{list(v)} looks like relative coordinates (every value is in [0, 1]) but the "
+                "file says coords: abs (pixels); write `coords: rel` at the top of the file, or "
+                "give the box in pixels",
+            )
         return x0, y0, x1, y1
 
     def prompt(self, v: Any, path: str, allowed: tuple[str, ...]) -> Prompt:
@@ -219,6 +299,17 @@ class _Ctx:
                     )
                 )
             points = tuple(parsed)
+            if (
+                self.coords == "abs"
+                and all(c <= 1 for pt in points for c in pt)
+                and any(not float(c).is_integer() for pt in points for c in pt)
+            ):
+                raise self.fail(
+                    f"{path}.points",
+                    f"{[list(pt) for pt in points]} look like relative coordinates (fractions "
+                    "in [0, 1]) but the file says coords: abs (pixels); write `coords: rel` at "
+                    "the top of the file, or give the points in pixels",
+                )
             lab = d.get("labels")
             if lab is None:
                 raise self.fail(f"{path}.labels", "points need labels (1 foreground, 0 background)")
@@ -250,7 +341,7 @@ def parse_prompts(data: Any, source: str = "<memory>") -> PromptsFile:
     """Validate an already-loaded prompts mapping (see the module docstring for the schema)."""
     ctx = _Ctx(source)
     top = ctx.mapping(
-        data, "file", ("version", "coords", "episodes"), ("version", "coords", "episodes")
+        data, "file", ("version", "coords", "buffer", "episodes"), ("version", "coords", "episodes")
     )
     if top["version"] != 1 or isinstance(top["version"], bool):
         raise ctx.fail("version", f"only version 1 is supported, got {top['version']!r}")
@@ -266,7 +357,33 @@ def parse_prompts(data: Any, source: str = "<memory>") -> PromptsFile:
         if ep in episodes:
             raise ctx.fail(f"episodes.{key}", f"episode {ep} appears twice; keep one entry")
         episodes[ep] = _episode(ctx, ep, entry)
-    return PromptsFile(version=1, coords=ctx.coords, episodes=episodes, source=source)
+    tie = _buffer(ctx, top["buffer"]) if top.get("buffer") is not None else None
+    return PromptsFile(version=1, coords=ctx.coords, episodes=episodes, source=source, buffer=tie)
+
+
+def _buffer(ctx: _Ctx, v: Any) -> BufferTie:
+    d = ctx.mapping(v, "buffer", _BUFFER_KEYS, ("fingerprint", "camera_key"))
+    fp = d["fingerprint"]
+    if not isinstance(fp, str) or len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
+        raise ctx.fail(
+            "buffer.fingerprint",
+            f"must be 64 lowercase hex digits (sha256), got {fp!r}; "
+            "`python -m orchestrator fingerprint --input BUFFER` prints it",
+        )
+    key = d["camera_key"]
+    if not isinstance(key, str) or not key or "/" in key:
+        raise ctx.fail("buffer.camera_key", f"must be the name under data/, got {key!r}")
+    path = d.get("path")
+    if path is not None and not isinstance(path, str):
+        raise ctx.fail("buffer.path", f"must be a string, got {path!r}")
+    episodes = ctx.nonneg_int(d["episodes"], "buffer.episodes") if "episodes" in d else None
+    size = d.get("size")
+    if size is not None:
+        if not (isinstance(size, list | tuple) and len(size) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)):  # fmt: skip
+            raise ctx.fail("buffer.size", f"must be [width, height] in pixels, got {size!r}")
+        size = (int(size[0]), int(size[1]))
+    return BufferTie(fp, key, path, episodes, size)
 
 
 def _episode_key(ctx: _Ctx, key: Any) -> int:
@@ -340,7 +457,8 @@ def _episode(ctx: _Ctx, ep: int, entry: Any) -> EpisodePrompts:
     if d.get("plan") is not None:
         pd = ctx.mapping(d["plan"], f"{where}.plan", PLAN_TASKS)
         plan = {task: _plan_answer(ctx, f"{where}.plan.{task}", task, v) for task, v in pd.items()}
-    return EpisodePrompts(ep, target, objects, tuple(refinements), plan)
+    fp = episode_fingerprint(entry, ctx.coords)
+    return EpisodePrompts(ep, target, objects, tuple(refinements), plan, fingerprint=fp)
 
 
 def _plan_answer(ctx: _Ctx, path: str, task: str, v: Any) -> Any:

@@ -87,8 +87,11 @@ def test_round_trip_and_overrides(tmp_path):
     cfg = parse_pipeline({"pipeline": "rgbm", "prompt": {"source": "vlm", "frame": 3}})
     again = parse_pipeline(cfg.to_dict())
     assert dataclasses.replace(again, origin=cfg.origin) == cfg
-    over = as_pipeline(cfg, {"run": {"fail_fast": True}, "prompts_file": "x.yaml"})
-    assert over.run.fail_fast and over.prompts_file == "x.yaml" and over.prompt.frame == 3
+    over = as_pipeline(cfg, {"run": {"fail_fast": True}, "prompt": {"frame": 4}})
+    assert over.run.fail_fast and over.prompt.frame == 4 and over.prompt.source == "vlm"
+    # a prompts file that the vlm source would never read is refused, not silently ignored
+    with pytest.raises(PipelineConfigError, match="x.yaml would not be read"):
+        as_pipeline(cfg, {"prompts_file": "x.yaml"})
     # an override can make a config valid: source file needs a prompts file
     p = tmp_path / "c.yaml"
     p.write_text("pipeline: rgbm\nprompt: {source: file}\n")

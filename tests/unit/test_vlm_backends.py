@@ -30,8 +30,9 @@ episodes:
       mark_bounding_box: {{bbox_2d: {box}, label: "red mug"}}
   1:
     objects:
-      arm_left: {{obj_id: 1, prompts: [{{frame: 0, box: [0, 0, 1, 1]}}]}}
+      arm_left: {{obj_id: 1, prompts: [{{frame: 0, box: {arm_box}}}]}}
 """
+ARM_BOX = {"abs": "[0, 0, 10, 10]", "rel": "[0, 0, 1, 1]"}  # a [0, 1] box is refused under abs
 
 
 def _rgb(h: int = 480, w: int = 640) -> np.ndarray:
@@ -42,7 +43,7 @@ def _rgb(h: int = 480, w: int = 640) -> np.ndarray:
 
 def _prompts_backend(tmp_path, coords="abs", box="[320, 120, 480, 360]", **opts):
     p = tmp_path / "prompts.yaml"
-    p.write_text(PROMPTS.format(coords=coords, box=box))
+    p.write_text(PROMPTS.format(coords=coords, box=box, arm_box=ARM_BOX[coords]))
     b = make_backend("prompts", {"prompts_file": str(p), **opts})
     b.setup()
     return b, p
@@ -122,7 +123,7 @@ def test_prompts_bbox_errors_are_clear(tmp_path):
 
 def test_prompts_file_is_reread_when_it_changes(tmp_path):
     b, p = _prompts_backend(tmp_path)
-    p.write_text(PROMPTS.format(coords="abs", box="[10, 20, 30, 40]"))
+    p.write_text(PROMPTS.format(coords="abs", box="[10, 20, 30, 40]", arm_box=ARM_BOX["abs"]))
     st = os.stat(p)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
     assert b.bbox(_rgb(), "x", 0, 0)["box"] == [10, 20, 30, 40]

@@ -221,3 +221,49 @@ def test_unreadable_and_invalid_files(tmp_path):
     bad.write_text("version: 1\nepisodes: [unclosed\n")
     with pytest.raises(PromptsFileError, match="not valid YAML/JSON"):
         load_prompts_file(bad)
+
+
+def test_abs_coordinates_that_look_relative_are_refused_with_the_fix():
+    """Issue 14 item 2: a [0, 1] box under coords: abs used to pass and fail later in SAM."""
+    doc = _good()
+    doc["episodes"][3]["target"]["box"] = [0.1, 0.2, 0.5, 0.6]
+    with pytest.raises(PromptsFileError, match=r"episodes.3.target.box: .* looks like relative"):
+        parse_prompts(doc, source="p.yaml")
+    with pytest.raises(PromptsFileError, match="write `coords: rel`"):
+        parse_prompts(doc, source="p.yaml")
+    doc = _good()
+    doc["episodes"][0]["objects"]["arm_left"]["prompts"][0]["points"] = [[0.4, 0.5], [0.2, 0.1]]
+    with pytest.raises(PromptsFileError, match=r"arm_left.prompts\[0\].points: .* look like rel"):
+        parse_prompts(doc)
+    doc["coords"] = "rel"  # declared: fine (the other boxes are then > 1 -> trim them)
+    doc["episodes"] = {0: {"objects": {"arm_left": doc["episodes"][0]["objects"]["arm_left"]}}}
+    assert parse_prompts(doc).episodes[0].objects["arm_left"].prompts[0].points[0] == (0.4, 0.5)
+
+
+def test_buffer_entry_and_fingerprints():
+    from services.vlm.prompts_file import buffer_fingerprint, episode_fingerprint
+
+    fp = buffer_fingerprint([10, 20], "head_cam_img", 96, 128)
+    assert fp == buffer_fingerprint((10, 20), "head_cam_img", 96, 128) and len(fp) == 64
+    assert fp != buffer_fingerprint([10, 20], "head_cam_img", 96, 96)
+    assert fp != buffer_fingerprint([10, 21], "head_cam_img", 96, 128)
+    assert fp != buffer_fingerprint([10, 20], "wrist", 96, 128)
+    doc = _good()
+    doc["buffer"] = {"fingerprint": fp, "camera_key": "head_cam_img", "size": [128, 96]}
+    pf = parse_prompts(doc)
+    assert pf.buffer.fingerprint == fp and pf.buffer.size == (128, 96)
+    assert "head_cam_img" in pf.buffer.describe()
+    doc["buffer"]["fingerprint"] = "abc"
+    with pytest.raises(PromptsFileError, match="buffer.fingerprint: must be 64"):
+        parse_prompts(doc)
+    doc["buffer"] = {"fingerprint": fp, "camera_key": "x", "extra": 1}
+    with pytest.raises(PromptsFileError, match="buffer.extra: unknown key"):
+        parse_prompts(doc)
+    # per-episode fingerprint: changes with the prompts, not with bookkeeping or key order
+    entry = _good()["episodes"][3]
+    f0 = episode_fingerprint(entry, "abs")
+    assert f0 == parse_prompts(_good()).episodes[3].fingerprint
+    assert episode_fingerprint({**entry, "round": 4, "annotator": "ann"}, "abs") == f0
+    assert episode_fingerprint({"target": {"box": [10.0, 10, 50, 50]}}, "abs") == f0
+    assert episode_fingerprint(entry, "rel") != f0
+    assert episode_fingerprint({"target": {"box": [10, 10, 50, 51]}}, "abs") != f0

@@ -12,6 +12,7 @@ episodes. A missing episode or target is a not_found error naming the file and t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -164,11 +165,19 @@ class PromptsBackend:
         return {"task": task, "result": result, "raw": json.dumps({task: ep.plan[task]})}
 
     def info(self) -> dict:
-        pf = self._file
+        try:  # the file as it is now (it is re-read when it changes); info never fails
+            pf = self._prompts() if self.opts.prompts_file else None
+        except (PromptsFileError, RequestError):
+            pf = self._file
+        tie = None
+        if pf is not None and pf.buffer is not None:  # which buffer the file is for
+            tie = {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in dataclasses.asdict(pf.buffer).items()}  # fmt: skip
         return {
             "prompts_file": self.opts.prompts_file,
             "episodes": len(pf.episodes) if pf else 0,
             "coords": pf.coords if pf else None,
+            "buffer": tie,
             "tasks": [],  # answered only from per-episode plan entries
         }
 
