@@ -15,11 +15,12 @@ export SERVICES_CONFIG
 CLI_PY := .venvs/cli/bin/python
 TEST_PY := .venvs/test/bin/python
 SAM2_PY := .venvs/test-sam2/bin/python
+SAM3_PY := .venvs/test-sam3/bin/python
 DEMO_DATA ?= data/demo
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: help env cli-env test-env up down status logs demo demo-data test test-fast test-sam2 \
+.PHONY: help env cli-env test-env up down status logs demo demo-data test test-fast test-sam2 test-sam3 \
         test-reliability bench-protocol bench-reader bench-sam bench-pipeline bench-vos lint clean
 
 help:
@@ -57,14 +58,18 @@ demo: cli-env
 	@$(CLI_PY) -m tools.demo --data $(DEMO_DATA) --out $(DEMO_OUT)
 
 # -- tests ----------------------------------------------------------------------------------
-test: test-fast test-sam2
+test: test-fast test-sam2 test-sam3
 
 test-fast: test-env
-	$(TEST_PY) -m pytest -q -m "not sam2 and not reliability" $(PYTEST_ARGS)
+	$(TEST_PY) -m pytest -q -m "not sam2 and not sam3_loaders and not reliability" $(PYTEST_ARGS)
 
 test-sam2:
 	@$(PYTHON) tools/envs.py test-sam2 tests/requirements-sam2.txt
 	$(SAM2_PY) -m pytest -q -m sam2 tests/unit/test_sam2_*.py tests/integration/test_sam2_*.py $(PYTEST_ARGS)
+
+test-sam3:
+	@$(PYTHON) tools/envs.py test-sam3 tests/requirements-sam3.txt
+	MASKMESH_REQUIRE_SAM3=1 $(SAM3_PY) -m pytest -q -m sam3_loaders tests/unit/test_sam3_loaders.py $(PYTEST_ARGS)
 
 test-reliability: test-env
 	$(TEST_PY) -m pytest -q -m reliability tests/reliability $(PYTEST_ARGS)
