@@ -3,7 +3,8 @@
 #
 #   make demo                     whole mesh end to end on generated data (no GPU, no weights)
 #   make test                     the test suite (+ the SAM2 CPU test in the sam2 environment)
-#   make up / down / status / logs
+#   make up / down / status / logs    (up restarts a service whose config changed)
+#   make restart SERVICES=sam     stop and start services (all when SERVICES is empty)
 #   make up SERVICES="sam vlm"    start a subset (e.g. on a GPU host); BIND=tcp://0.0.0.0:5552
 #   make env SERVICE=sam BACKEND=sam2    build a heavy environment on request
 #   make bench-protocol | bench-reader | bench-sam | bench-pipeline | bench-vos
@@ -20,11 +21,11 @@ DEMO_DATA ?= data/demo
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: help env cli-env test-env up down status logs demo demo-data test test-fast test-sam2 test-sam3 \
+.PHONY: help env cli-env test-env up restart down status logs demo demo-data test test-fast test-sam2 test-sam3 \
         test-reliability bench-protocol bench-reader bench-sam bench-pipeline bench-vos lint clean
 
 help:
-	@sed -n '1,12p' Makefile | sed 's/^# \{0,1\}//'
+	@awk '/^#/ { sub(/^# ?/, ""); print; next } { exit }' Makefile
 
 # -- environments -------------------------------------------------------------------------
 cli-env:
@@ -40,6 +41,9 @@ env: cli-env
 # -- services -----------------------------------------------------------------------------
 up: cli-env
 	@$(CLI_PY) -m tools.launch up
+
+restart: cli-env
+	@$(CLI_PY) -m tools.launch restart
 
 down: cli-env
 	@$(CLI_PY) -m tools.launch down

@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,27 +37,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from protocol.client import Client  # noqa: E402
+from protocol.spawn import ServiceProcess, service_args, start  # noqa: E402
 from services.reader.client import stream_frames  # noqa: E402
 from services.reader.synth import DP_BLOSC, Key, jpegxl, write_buffer  # noqa: E402
 
 READY_TIMEOUT_S = 60.0  # how long the service may take to print READY
 
 
-def start_service(options: dict) -> tuple[subprocess.Popen, str]:
-    args = [sys.executable, "-m", "services.reader", "--bind", "tcp://127.0.0.1:0",
-            "--backend", "zarr", "--log-level", "WARNING"]  # fmt: skip
-    for k, v in options.items():
-        args += ["--option", f"{k}={v}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    end = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if line.startswith("READY "):
-            return proc, line.split()[1]
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"reader service did not print READY within {READY_TIMEOUT_S}s")
+def start_service(options: dict, log_path: Path) -> ServiceProcess:
+    args = service_args("reader", bind="tcp://127.0.0.1:0", backend="zarr", options=options,
+                        extra_args=["--log-level", "WARNING"])  # fmt: skip
+    return start(args, name="reader", log_path=log_path, ready_timeout=READY_TIMEOUT_S,
+                 setting="bench/bench_reader.py READY_TIMEOUT_S")  # fmt: skip
 
 
 def warm(path: str) -> None:
@@ -181,8 +171,8 @@ def main() -> None:
     print(f"wrote buffers in {time.perf_counter() - t0:.1f}s under {work}", flush=True)
     options = {"max_chunk_bytes": args.max_chunk_bytes, "threads": args.threads,
                "cache_bytes": 8 * args.max_chunk_bytes}  # fmt: skip
-    proc, endpoint = start_service(options)
-    client = Client(endpoint, timeout=120.0, retries=0)
+    svc = start_service(options, work / "reader.log")
+    proc, client = svc.proc, Client(svc.endpoint, timeout=120.0, retries=0)
     try:
         print(f"blosc lz4 (2,{h},{w},4) chunks, {args.frames} frames:", flush=True)
         res = compare(client, proc.pid, os.path.realpath(blosc), "rgbm", np.cumsum(lengths), 2,
@@ -192,8 +182,7 @@ def main() -> None:
                        np.cumsum(jxl_lengths), 1, args)  # fmt: skip
     finally:
         client.close()
-        proc.terminate()
-        proc.wait(30)
+        svc.stop(30)
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     out = {**res, "frames": args.frames, "frame_shape": [h, w, 4], "threads": args.threads,

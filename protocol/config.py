@@ -119,6 +119,10 @@ def _str_list(where: str, v: Any) -> tuple[str, ...]:
             security.is_loopback(x)
         except ValueError as e:
             raise _err(where, str(e)) from None
+        port = x.rsplit(":", 1)[-1] if x.startswith("tcp://") else None
+        if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise _err(where, f"{x!r}: the port must be a number from 1 to 65535, got {port!r}; "
+                              f"pick a free port, e.g. tcp://127.0.0.1:5552")  # fmt: skip
     return tuple(v)
 
 

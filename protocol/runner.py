@@ -21,6 +21,7 @@ import zmq
 
 from .config import ConfigError, load_services
 from .server import Service
+from .spawn import READY_PREFIX
 
 log = logging.getLogger("protocol.runner")
 
@@ -127,7 +128,7 @@ def service_main(
              bind, backend, options, svc.workers, svc.queue_size, bool(curve_secret), insecure)  # fmt: skip
 
     def ready(endpoint: str) -> None:
-        print(f"READY {endpoint}", flush=True)
+        print(f"{READY_PREFIX}{endpoint}", flush=True)
 
     kw = {"max_msg_bytes": max_msg} if max_msg else {}
     try:

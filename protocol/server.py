@@ -42,6 +42,8 @@ from .schema import describe, parse
 from .wire import PROTOCOL_VERSION, WireError, decode, encode
 from .zio import POLLIN, poll, recv_parts, send_parts, split_envelope
 
+RUN_TOKEN_ENV = "MESH_RUN_TOKEN"  # a starter's token for this process, echoed by `info`
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MSG_BYTES = 1 << 30  # 1 GiB per frame: a 100-frame 480x640x4 episode fits 8 times
@@ -160,6 +162,9 @@ class Service:
             },  # fmt: skip
             "endpoint": self.endpoint,
             "pid": os.getpid(),
+            # Set by the starter (tools/launch.py: make up) so it can tell its own process
+            # from another one answering on the same port.
+            "run_token": os.environ.get(RUN_TOKEN_ENV),
             "uptime_s": round(time.monotonic() - self._started, 3),
             "requests_served": self._served + self._served_io,
             "queue_depth": self.queue_depth,

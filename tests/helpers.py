@@ -5,24 +5,25 @@ Usage:
         svc.client.call("start_session", {...})
         svc.proc                      # the subprocess.Popen
         svc.endpoint                  # tcp://127.0.0.1:PORT
+
+Starting and waiting for the READY line is protocol/spawn.py's (shared with make up,
+the reliability suite and the benchmarks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from protocol.client import Client
+from protocol.spawn import service_args, start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,45 +53,19 @@ def spawn_service(
     env: dict | None = None,
     module: str | None = None,
 ) -> tuple[subprocess.Popen, str, Path]:
-    """Start `python -m services.NAME` (or `module`) and wait for READY; returns (proc, endpoint, log)."""
-    args = [
-        python or sys.executable,
-        "-m",
-        module or f"services.{name}",
-        "--bind",
-        bind,
-        "--backend",
-        backend,
-    ]
-    for k, v in (options or {}).items():
-        args += [
-            "--option",
-            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}",
-        ]
-    args += extra_args or []
-    if log_path is None:
-        import tempfile
+    """Start `python -m services.NAME` (or `module`) and wait for READY; returns (proc, endpoint, log).
 
-        log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
-    logf = open(log_path, "ab")
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=logf,
-                            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    logf.close()
-    end = time.monotonic() + ready_timeout
-    line = b""
-    while time.monotonic() < end:
-        r, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if r:
-            line = proc.stdout.readline()
-            if line.startswith(b"READY "):
-                return proc, line.split()[1].decode(), log_path
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(
-        f"service {name} did not become ready (exit {proc.returncode}):\n{log_path.read_text()[-3000:]}"
-    )
+    Raises protocol.spawn.StartError (a RuntimeError) with the exit code and the log tail.
+    """
+    args = service_args(name, python=python or sys.executable, module=module, bind=bind,
+                        backend=backend, options=options, extra_args=extra_args or [])  # fmt: skip
+    if log_path is None:
+        fd, tmp = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
+        os.close(fd)
+        log_path = Path(tmp)
+    svc = start(args, name=name, log_path=log_path, ready_timeout=ready_timeout, cwd=ROOT,
+                env={**os.environ, **(env or {})}, setting="spawn_service(ready_timeout=...)")  # fmt: skip
+    return svc.proc, svc.endpoint, log_path
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
@@ -101,8 +76,6 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
     return proc.returncode
 
 

@@ -173,11 +173,10 @@ def test_non_loopback_bind_without_keys_is_refused(
     net: NetPair, demo_data: Path, tmp_path: Path, service: str
 ) -> None:
     opts = {"prompts_file": str(demo_data / "prompts.yaml")} if service == "vlm" else None
-    with pytest.raises(RuntimeError, match="did not become ready") as e:
+    with pytest.raises(RuntimeError, match="exited with code 2 before printing READY") as e:
         spawn(service, cwd=tmp_path, bind=f"tcp://{net.server_ip}:0", prefix=net.server_prefix,
               options=opts, ready_timeout=60)  # fmt: skip
     text = str(e.value)
-    assert "(exit 2)" in text, text[-1500:]
     assert "CURVE" in text and "--insecure" in text, f"the refusal must say how to fix it: {text}"
 
 
