@@ -22,7 +22,15 @@ from protocol.config import read_yaml
 
 PIPELINES = ("rgbm", "arm_only")
 DIRECTIONS = ("forward", "backward", "both")
-OUTPUTS = ("rgbm", "arm_only", "npz", "preview", "ytvis")
+OUTPUTS = (
+    "rgbm",
+    "arm_only",
+    "npz",
+    "preview",
+    "ytvis",
+    "sam3",
+    "grounding",
+)  # services/exporter/options.py
 ARM_ROLES = ("arm_left", "arm_right")
 GRIPPER_ROLES = ("gripper_left", "gripper_right")
 DEFAULT_OBJ_IDS = {"arm_left": 1, "arm_right": 2, "gripper_left": 3, "gripper_right": 4}

@@ -5,6 +5,8 @@
                                                  <NN>_<t:05d>_mask.png        0/255 mask
                                                  <NN>_<t:05d>_mask_dialated.png  (seed spelling)
                                                  <NN>_<t:05d>_inpainted.png   (inpainted_dir)
+                                                 object.json  {episode, obj_id, role,
+                                                               description, frames}
 
 scene_id = the episode (4 digits), uid = the object's obj_id (objects of grounding_roles,
 default the target), NN = 01.. over grounding_frames frames spread evenly over the episode
@@ -40,6 +42,7 @@ from services.exporter.sets import (
     episode_split,
     fsync_tree,
     is_studio_approved,
+    noun_phrase,
     parse_roles,
     select_objects,
     split_record,
@@ -93,6 +96,9 @@ class GroundingWriter(Writer):
         self.tmp = tmp_path_for(self.dest)
         for obj in self.objs:
             (self.tmp / f"uid_{obj}").mkdir(parents=True)
+            about = {"episode": job.episode, "obj_id": obj, "role": job.role_of(obj) or "",
+                     "description": noun_phrase(job, obj, "prompt"), "frames": self.frames}  # fmt: skip
+            (self.tmp / f"uid_{obj}" / "object.json").write_text(json.dumps(about, sort_keys=True))
 
     def add(self, t0: int, rgb: np.ndarray | None, masks: dict[int, np.ndarray]) -> None:
         if self.skip:

@@ -76,8 +76,11 @@ def test_layout_masks_dilation_and_inpainted(tmp_path: Path) -> None:
         folder = root / ("val" if split[ep] == "eval" else "train") / f"{ep:04d}" / "uid_7"
         frames = grounding_frames(n, 4)
         assert frames[0] == 0 and frames[-1] == n - 1 and len(frames) == 4
-        names = sorted(p.name for p in folder.iterdir())
+        names = sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
         assert len(names) == 4 * 4
+        about = json.loads((folder / "object.json").read_text())
+        assert about == {"episode": ep, "obj_id": 7, "role": "target",
+                         "description": "target object", "frames": frames}  # fmt: skip
         a, _ = buf.episode_range(ep)
         for i, t in enumerate(frames):
             stem = folder / f"{i + 1:02d}_{t:05d}"
