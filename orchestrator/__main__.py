@@ -26,15 +26,8 @@ from pathlib import Path
 
 from orchestrator.config import PipelineConfigError, load_pipeline
 from orchestrator.report import summary_table
-from orchestrator.run import (
-    RunError,
-    RunInterrupted,
-    dry_run,
-    fingerprint,
-    format_status,
-    mesh_status,
-    run_pipeline,
-)
+from orchestrator.run import RunError, RunInterrupted, run_pipeline
+from orchestrator.status import dry_run, export_progress, fingerprint, format_status, mesh_status
 from protocol.config import (
     DEFAULT_SERVICES_CONFIG,
     ConfigError,
@@ -112,8 +105,7 @@ def _status(args: argparse.Namespace) -> int:
         rep = Path(args.output) / "report.json"
         if rep.is_file():
             print(summary_table(json.loads(rep.read_text())))
-        else:
-            print(f"{args.output}: no report.json yet")
+        print(export_progress(svcs, args.output))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -9,7 +9,8 @@ See orchestrator/run.py (the implementation) and orchestrator/README.md.
 """
 
 from orchestrator.config import PipelineConfig, PipelineConfigError, load_pipeline
-from orchestrator.run import RunError, RunInterrupted, dry_run, mesh_status, run_pipeline
+from orchestrator.run import RunError, RunInterrupted, run_pipeline
+from orchestrator.status import dry_run, mesh_status
 
 __all__ = [
     "PipelineConfig",

@@ -55,6 +55,13 @@ class ExportJob:
     stats: Stats = field(default_factory=Stats)
 
 
+def prompts_record(plan: EpisodePlan) -> dict:
+    """What the done record says about the episode's prompts (the exporter's `status` reports
+    these keys back): who exported it, the prompts-file entry's fingerprint and round."""
+    return {"source": "orchestrator", "approved": False, "round": plan.prompts_round,
+            "prompts_fingerprint": plan.prompts_fingerprint}  # fmt: skip
+
+
 def _now() -> float:
     return time.perf_counter()
 
@@ -119,7 +126,8 @@ class SamRunner:
         finally:
             self.close(sid, wait_s=QUIET_CLOSE_TIMEOUT_S if quiet else CLOSE_TIMEOUT_S)
         self._check_required(plan, chunks)
-        meta = {"pipeline": self.pipeline, "direction": self.direction, "stages": meta_stages}
+        meta = {"pipeline": self.pipeline, "direction": self.direction, "stages": meta_stages,
+                **prompts_record(plan)}  # fmt: skip
         return ExportJob(
             plan, attempt, plan.obj_ids, chunks, width, meta, self.endpoint, times, stats
         )

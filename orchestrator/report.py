@@ -11,7 +11,8 @@ report.json:
      episodes: [{episode, frames, result: done|failed|skipped|interrupted, attempts, retries,
                  request_retries, replica, stages: {read, vlm, wait_frames, upload, prompt,
                  propagate, masks, sam, export} (seconds, summed over attempts), outputs, error,
-                 errors (one line per failed attempt)}],
+                 errors (one line per failed attempt), round (prompts-file round the masks come
+                 from; null: not from a file), prompts_fingerprint, note (why skipped/re-run)}],
      totals: {episodes, done, failed, skipped, interrupted, frames, frames_per_s,
               busy: {read, vlm, sam, export} (fraction of wall time x threads of that stage),
               sam_replicas, reader_threads}}
@@ -51,6 +52,9 @@ class EpisodeRecord:
     outputs: dict = field(default_factory=dict)
     error: str | None = None
     errors: list[str] = field(default_factory=list)
+    round: int | None = None  # the prompts-file round this episode's masks come from
+    prompts_fingerprint: str | None = None  # episode_fingerprint() of the prompts used
+    note: str | None = None  # why it was skipped / re-run (empty, approved, prompts changed)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_times(self, times: dict[str, float]) -> None:
@@ -71,6 +75,9 @@ class EpisodeRecord:
             "outputs": self.outputs,
             "error": self.error,
             "errors": self.errors,
+            "round": self.round,
+            "prompts_fingerprint": self.prompts_fingerprint,
+            "note": self.note,
         }
 
 
@@ -159,7 +166,7 @@ def summary_table(report: dict) -> str:
     rows = [head, "-" * len(head)]
     for e in report["episodes"]:
         st = e["stages"]
-        note = e["error"] or ""
+        note = e["error"] or e.get("note") or ""
         if len(note) > 70:
             note = note[:67] + "..."
         rows.append(

@@ -21,22 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.claim import ClaimError, OutputClaim, run_key, session_prefix
 from orchestrator.config import PipelineConfig, PipelineConfigError, as_pipeline
 from orchestrator.plan import (
     DatasetInfo,
     EpisodePlan,
     PlanError,
     build_plans,
-    describe_plans,
     parse_episode_spec,
 )
 from orchestrator.report import EpisodeRecord, Progress, build_report, write_report
+from orchestrator.resume import decide, rerun_note
 from orchestrator.scheduler import Mesh, Scheduler
 from orchestrator.sources import (
     SourceError,
-    buffer_entry_text,
     check_buffer_tie,
-    dataset_fingerprint,
     describe_sources,
     prompts_override,
     vlm_prompt_sources,
@@ -231,15 +230,55 @@ def run_pipeline(pipeline_cfg: PipelineConfig | dict | str | os.PathLike, input:
     if run_o:
         overrides["run"] = run_o
     pr = prepare(pipeline_cfg, input, services_cfg, episodes, overrides, prompts_file)
-    cfg, svcs, ds, plans, sam_live = pr.cfg, pr.svcs, pr.ds, pr.plans, pr.sam_live
+    svcs, sam_live = pr.svcs, pr.sam_live
     for n in pr.notes:
         log.info("%s", n)
         if echo is not None:
             echo(n)
-    run_id = uuid.uuid4().hex[:8]
+    out_dir = str(Path(output).resolve())
+    run_id = f"{run_key(out_dir)}-{uuid.uuid4().hex[:8]}"  # sessions: orc-<run_id>-e<ep>-a<n>
+    try:
+        claim = OutputClaim.acquire(out_dir, run_id)  # one orchestrator per output
+    except ClaimError as e:
+        raise RunError(str(e)) from None
+    try:
+        closed = close_stale_sessions(svcs, sam_live, session_prefix(out_dir))
+        if closed:
+            n = f"closed {len(closed)} SAM session(s) left open by an earlier run of this output"
+            pr.notes.append(n)
+            if echo is not None:
+                echo(n)
+        return _run(pr, input, output, out_dir, run_id)
+    finally:
+        claim.release()
+
+
+def close_stale_sessions(svcs: ServicesConfig, endpoints: list[str], prefix: str) -> list[str]:
+    """close_sessions(prefix) on every live SAM replica: sessions of an earlier run of the same
+    output (killed before it could close them). Only called while holding the output's claim,
+    so no live run owns them. A replica without the op is skipped with a warning."""
+    closed: list[str] = []
+    sc = svcs.services["sam"]
+    for ep in endpoints:
+        c = replica_client(sc, ep, timeout=SETUP_TIMEOUT_S, retries=0)
+        try:
+            closed += list(c.call("close_sessions", {"prefix": prefix}).get("closed", []))
+        except (RemoteError, ServiceUnavailable) as e:
+            log.warning("sam %s: close_sessions(%s) failed (%s); sessions of an earlier run of "
+                        "this output stay until they expire", ep, prefix, e)  # fmt: skip
+        finally:
+            c.close()
+    if closed:
+        log.warning("closed %d SAM session(s) of an earlier run of this output: %s", len(closed),
+                    closed)  # fmt: skip
+    return closed
+
+
+def _run(pr: Prepared, input: str, output: str, out_dir: str, run_id: str) -> dict:
+    """The run itself, under the output's claim."""
+    cfg, svcs, ds, plans, sam_live = pr.cfg, pr.svcs, pr.ds, pr.plans, pr.sam_live
     log.info("run %s: pipeline %s, %d episode(s) of %s -> %s; config %s", run_id, cfg.pipeline,
              len(plans), input, output, cfg.to_dict())  # fmt: skip
-    out_dir = str(Path(output).resolve())
     open_body = {"output": out_dir, "source": ds.path, "camera_key": ds.camera_key,
                  "outputs": list(cfg.effective_outputs),
                  "options": {**cfg.effective_export_options(), "pipeline": cfg.result_dict()}}  # fmt: skip
@@ -250,14 +289,14 @@ def run_pipeline(pipeline_cfg: PipelineConfig | dict | str | os.PathLike, input:
     finally:
         exporter.close()
     done = {int(e) for e in [*st.get("done", []), *opened.get("done", [])]}
-    todo = [p for p in plans if p.episode not in done]
-    skipped = [
-        EpisodeRecord(p.episode, p.n_frames, result="skipped") for p in plans if p.episode in done
-    ]
-    skipped += [EpisodeRecord(e, 0, result="skipped", error="empty episode (no frames)")
+    records = st.get("records") or {}
+    todo, skipped, reopen = decide(plans, done, records)
+    skipped += [EpisodeRecord(e, 0, result="skipped", note="empty episode (no frames)")
                 for e in pr.empty]  # fmt: skip
+    if reopen:
+        _reopen(svcs, opened["export"], reopen, records)
     if skipped:
-        log.info("skipping %d finished episode(s): %s", len(skipped), [r.episode for r in skipped])
+        log.info("skipping %d episode(s): %s", len(skipped), [r.episode for r in skipped])
     sam = svcs.services["sam"]
     mesh = Mesh(
         reader=lambda: svcs.services["reader"].client(),
@@ -271,15 +310,17 @@ def run_pipeline(pipeline_cfg: PipelineConfig | dict | str | os.PathLike, input:
                       export_id=opened["export"], progress=bar)  # fmt: skip
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     try:
-        records = sched.run()
+        results = sched.run()
     finally:
         bar.close()
+    for p in reopen:
+        results[p.episode].note = rerun_note(p, records)
     meta = {"pipeline": cfg.pipeline, "input": ds.path, "output": out_dir, "run_id": run_id,
             "started": started, "interrupted": sched.interrupted, "config": cfg.to_dict(),
             "services_config": svcs.path, "sources": pr.notes}  # fmt: skip
     threads = {"read": cfg.run.reader_threads, "vlm": cfg.run.reader_threads,
                "sam": len(sam_live), "export": 1}  # fmt: skip
-    report = build_report([*records.values(), *skipped], meta=meta, wall_s=sched.wall_s,
+    report = build_report([*results.values(), *skipped], meta=meta, wall_s=sched.wall_s,
                           busy=sched.busy, threads=threads)  # fmt: skip
     path = write_report(report, out_dir)
     log.info("report written to %s", path)
@@ -288,120 +329,13 @@ def run_pipeline(pipeline_cfg: PipelineConfig | dict | str | os.PathLike, input:
     return report
 
 
-def _kinds(plans: list[EpisodePlan]) -> set[str]:
-    kinds: set[str] = set()
-    for p in plans:
-        for s in p.stages:
-            for op in s.prompts:
-                kinds |= {k for k, v in (("text", op.text), ("box", op.box or op.vlm),
-                                         ("points", op.points)) if v}  # fmt: skip
-    return kinds
-
-
-def mesh_status(svcs: ServicesConfig, names: list[str] | None = None) -> list[dict]:
-    """Ask every replica of every service for `info`; one row per replica (error on failure)."""
-    rows = []
-    for name, sc in svcs.services.items():
-        if names is not None and name not in names:
-            continue
-        for ep in sc.endpoints:
-            c = replica_client(sc, ep, timeout=3.0, retries=0)
-            try:
-                info = c.call("info", {})
-                rows.append({"service": name, "endpoint": ep, "ok": True, "info": info})
-            except (RemoteError, ServiceUnavailable) as e:
-                rows.append({"service": name, "endpoint": ep, "ok": False, "error": str(e)})
-            finally:
-                c.close()
-    return rows
-
-
-def format_status(rows: list[dict]) -> str:
-    lines = [f"{'service':<9} {'endpoint':<24} {'state':<6} detail"]
-    for r in rows:
-        if not r["ok"]:
-            lines.append(f"{r['service']:<9} {r['endpoint']:<24} {'DOWN':<6} {r['error']}")
-            continue
-        i = r["info"]
-        detail = f"backend={i.get('backend')} v{i.get('version')} queue={i.get('queue_depth')} in_flight={i.get('in_flight')}"
-        if "sessions" in i:
-            detail += f" sessions={len(i['sessions'])}"
-        lines.append(f"{r['service']:<9} {r['endpoint']:<24} {'up':<6} {detail}")
-    return "\n".join(lines)
-
-
-def dry_run(pipeline_cfg: Any, input: str, output: str, services_cfg: Any,
-            episodes: Any = None, *, prompts_file: str | None = None) -> str:  # fmt: skip
-    """Validate config and prompts, check every service answers, return the plan as text:
-    which services config, where every prompt comes from (file and entry, or the VLM
-    endpoint and backend), what would run."""
-    cfg, _ = _config(pipeline_cfg, None, prompts_file)
-    try:
-        svcs = _services(services_cfg)
-    except ConfigError as e:
-        raise RunError(str(e)) from None
-    _check_services(cfg, svcs)
-    rows = mesh_status(svcs, _needed(cfg))
-    down = [r for r in rows if not r["ok"]]
-    if down:
-        raise RunError(
-            "service(s) not answering (start them with `make up`):\n" + format_status(rows)
-        )
-    pr = prepare(pipeline_cfg, input, svcs, episodes, None, prompts_file)
-    cfg, ds, plans = pr.cfg, pr.ds, pr.plans
-    problems = []
-    need = _kinds(plans)
-    for r in rows:
-        if r["service"] == "sam":
-            have = set((r["info"].get("capabilities") or {}).get("prompt_kinds", need))
-            if need - have:
-                problems.append(f"sam {r['endpoint']} (backend {r['info'].get('backend')}) does not "
-                                f"support prompt kind(s) {sorted(need - have)}; it supports "
-                                f"{sorted(have)} - use another backend or prompt source")  # fmt: skip
-    if problems:
-        raise RunError("\n".join(problems))
+def _reopen(svcs: ServicesConfig, export_id: str, plans: list[EpisodePlan], records: dict) -> None:
+    """Remove the done markers of episodes whose prompts changed, so they are exported again."""
     exporter = svcs.services["exporter"].client(timeout=SETUP_TIMEOUT_S)
     try:
-        st = _setup_call(
-            exporter, "status", {"output": str(Path(output).resolve())}, "exporter: status"
-        )
+        for p in plans:
+            body = {"export": export_id, "episode": p.episode}
+            _setup_call(exporter, "reopen_episode", body, f"exporter: reopen_episode {p.episode}")
+            log.warning("episode %d: %s", p.episode, rerun_note(p, records))
     finally:
         exporter.close()
-    done = {int(e) for e in st.get("done", [])}
-    todo = [p for p in plans if p.episode not in done]
-    head = [
-        f"pipeline {cfg.pipeline} ({cfg.origin}): OK",
-        f"input {ds.path}: {ds.n_episodes} episodes, camera data/{ds.camera_key} "
-        f"{ds.width}x{ds.height}, fingerprint {dataset_fingerprint(ds)}",
-        *pr.notes,
-        f"output {output}: outputs {list(cfg.effective_outputs)}, {len(done & {p.episode for p in plans})} "
-        f"selected episode(s) already done",
-        f"services: all {len(rows)} replica(s) answer; SAM replicas {len(svcs.services['sam'].endpoints)}",
-        f"plan: {len(todo)} episode(s), {sum(p.n_frames for p in todo)} frames to run; "
-        f"propagate {cfg.direction} (each frame takes each object's mask from the nearest prompted "
-        "keyframe; ties go to the forward pass)",
-    ]
-    return (
-        "\n".join(head)
-        + "\n"
-        + format_status(rows)
-        + "\n"
-        + describe_plans(plans, done, cfg.direction)
-    )
-
-
-def fingerprint(input: str, services_cfg: Any, camera_key: str | None = None) -> str:
-    """The `buffer:` entry of a prompts file written for `input` (asks the reader to open it)."""
-    svcs = _services(services_cfg)
-    reader = svcs.services["reader"].client(timeout=SETUP_TIMEOUT_S)
-    try:
-        path = str(Path(input).resolve())
-        reply = _setup_call(reader, "open", {"path": path}, f"reader: open {input}")
-    finally:
-        reader.close()
-    try:
-        ds = DatasetInfo.from_open(reply, path=path, camera_key=camera_key)
-    except PlanError as e:
-        raise RunError(str(e).replace("set camera_key in the pipeline config",
-                                      "pass --camera-key"))  from None  # fmt: skip
-    return buffer_entry_text(ds)

@@ -82,7 +82,9 @@ class Scheduler:
         self.progress = progress or Progress(enabled=False)
         self.stop = threading.Event()  # Ctrl-C / fail-fast / no replica left
         self.finished = threading.Event()  # every episode reached a final result
-        self.records = {p.episode: EpisodeRecord(p.episode, p.n_frames) for p in plans}
+        self.records = {p.episode: EpisodeRecord(p.episode, p.n_frames, round=p.prompts_round,
+                                                 prompts_fingerprint=p.prompts_fingerprint)
+                        for p in plans}  # fmt: skip
         self._cv = threading.Condition()
         self._todo: deque[_Pending] = deque(_Pending(p, 1) for p in plans)
         self._outstanding = len(plans)

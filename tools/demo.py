@@ -3,6 +3,9 @@
 Usage:
     python -m tools.demo [--data data/demo] [--out out/demo] [--services configs/services.yaml]
 
+The services config is --services, else $SERVICES_CONFIG, else configs/services.yaml
+(protocol.config.services_config_path); the first line printed says which file is used.
+
 Steps: generate the demo replay buffer (deterministic, seed 0) if it is missing; `make up`
 (build light environments, start reader, sam, vlm, exporter, wait for ping); run the rgbm
 pipeline and the arm-only pipeline with the prompts in configs/prompts/demo.yaml; score the
@@ -25,6 +28,7 @@ import numpy as np
 import zarr
 
 from orchestrator.config import load_pipeline
+from protocol.config import describe_services_source, services_config_path
 from tools import launch
 from tools.demo_data import DemoConfig, write_demo
 
@@ -107,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
     if out.exists():
         shutil.rmtree(out)  # the demo always starts from scratch (resume is tested elsewhere)
     out.mkdir(parents=True)
-    report: dict = {"data": str(data), "services": args.services, "steps": {}}
+    services, origin = services_config_path(args.services)
+    print(describe_services_source(services, origin), flush=True)
+    args.services = services
+    report: dict = {"data": str(data), "services": services, "steps": {}}
     failed: list[str] = []
     rc = launch.up(args.services, None, None)
     if rc != 0:
@@ -161,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/demo", help="demo data folder (generated if missing)")
     ap.add_argument("--out", default="out/demo", help="output folder (replaced on every run)")
-    ap.add_argument("--services", default="configs/services.yaml")
+    ap.add_argument(
+        "--services",
+        default=None,
+        help="services config (default: $SERVICES_CONFIG, else configs/services.yaml)",
+    )
     ap.add_argument("--regenerate", action="store_true", help="regenerate the demo data")
     ap.add_argument("--min-rgbm-iou", type=float, default=0.85)
     ap.add_argument("--min-arm-iou", type=float, default=0.80)

@@ -1,9 +1,11 @@
 """Output replay buffers in zarr format 2 (zarr 2.x readers such as DexGraspVLA's open them).
 
 Layout written (diffusion_policy's):
-    <name>.zarr/
+    <name>.zarr/                        root attrs: the source's root attrs
       meta/episode_ends (E,) int64      identical to the source (plus other source meta/ keys)
-      data/<key>        (N, ...)        chunks (c, *frame) with c*frame_bytes ~= chunk_bytes
+      data/<key>        (N, ...)        new arrays: optimal_chunks() (diffusion_policy's
+                                        get_optimal_chunks rule, ~chunk_bytes per chunk);
+                                        raw copies: the source's own chunks, codec and bytes
 
 Safety: the buffer is created in a temp folder and renamed into place; every region write
 runs under one lock (two episodes sharing a boundary chunk never interleave their
@@ -17,11 +19,14 @@ Usage:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
+import shutil
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,14 +41,84 @@ from services.exporter.fsutil import commit_dir, fsync_path, remove_quietly, tmp
 log = logging.getLogger(__name__)
 
 
-def time_chunk(frame_shape: tuple[int, ...], dtype: Any, chunk_bytes: int, n_frames: int) -> int:
-    """Frames per chunk so a chunk is about `chunk_bytes` (at least one whole frame).
+def optimal_chunks(shape: tuple[int, ...], dtype: Any, chunk_bytes: int) -> tuple[int, ...]:
+    """Chunks of about `chunk_bytes`, by the rule of diffusion_policy's get_optimal_chunks:
+    going from the last axis outwards, whole axes are kept while they fit; the first axis that
+    does not fit whole is cut to ceil(chunk_bytes / bytes of the axes inside it) (at most its
+    length); axes outside it get 1. The time axis is axis 0.
 
-    Matches diffusion_policy's get_optimal_chunks for frames smaller than the target,
-    e.g. (T, 480, 640, 4) uint8 -> 2 frames, (T, 13) float32 -> 38462 frames.
+    (T, 480, 640, 4) uint8 -> (2, 480, 640, 4); (T, 13) float32 -> (38462, 13);
+    (T, 720, 1280, 4) uint8 -> (1, 391, 1280, 4) (a frame is larger than the target).
     """
-    frame_bytes = np.dtype(dtype).itemsize * math.prod(frame_shape)
-    return max(1, min(n_frames, math.ceil(chunk_bytes / max(frame_bytes, 1))))
+    inner = np.dtype(dtype).itemsize  # bytes of one element of the axes inside `axis`
+    axis = 0
+    for ax in range(len(shape) - 1, 0, -1):
+        if inner * shape[ax] > chunk_bytes:
+            axis = ax
+            break
+        inner *= shape[ax]
+    n = max(1, min(shape[axis], math.ceil(chunk_bytes / inner)))
+    return (1,) * axis + (n,) + tuple(int(d) for d in shape[axis + 1 :])
+
+
+def time_chunk(frame_shape: tuple[int, ...], dtype: Any, chunk_bytes: int, n_frames: int) -> int:
+    """Frames per chunk along time (optimal_chunks()[0]; 1 when a frame is cut)."""
+    return optimal_chunks((n_frames, *frame_shape), dtype, chunk_bytes)[0]
+
+
+class RawCopy:
+    """Copies data/<key> of a zarr format-2 source (directory or .zip) file by file: the
+    source's own chunking, codec (JpegXl, Jpeg2k, Blosc, ...), attrs and chunk bytes. A
+    format-3 source is not raw-copyable (its metadata differs): `keys` leaves its arrays out."""
+
+    def __init__(self, source_path: Path, keys: set[str]) -> None:
+        self.path = source_path
+        self.keys = keys
+
+    @classmethod
+    def for_source(cls, source_path: Path, candidates: list[str]) -> RawCopy:
+        if source_path.is_file():
+            with zipfile.ZipFile(source_path) as zf:
+                names = set(zf.namelist())
+            keys = {k for k in candidates if f"data/{k}/.zarray" in names}
+        else:
+            keys = {k for k in candidates if (source_path / "data" / k / ".zarray").is_file()}
+        return cls(source_path, keys)
+
+    def _meta(self, key: str) -> bytes | None:
+        try:
+            if self.path.is_file():
+                with zipfile.ZipFile(self.path) as zf:
+                    return zf.read(f"data/{key}/.zarray")
+            return (self.path / "data" / key / ".zarray").read_bytes()
+        except (OSError, KeyError):
+            return None
+
+    def copied_into(self, out: Path) -> set[str]:
+        """The keys whose array in the output buffer `out` is a raw copy (same .zarray bytes);
+        an output made before raw copies existed re-encodes its copies, and keeps doing so."""
+        done = set()
+        for key in self.keys:
+            try:
+                if (out / "data" / key / ".zarray").read_bytes() == self._meta(key):
+                    done.add(key)
+            except OSError:
+                pass
+        return done
+
+    def copy(self, key: str, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            prefix = f"data/{key}/"
+            with zipfile.ZipFile(self.path) as zf:
+                for info in zf.infolist():
+                    if info.filename.startswith(prefix) and not info.is_dir():
+                        target = dest / info.filename[len(prefix) :]
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        with zf.open(info) as src, open(target, "wb") as out:
+                            shutil.copyfileobj(src, out, 1 << 20)
+            return
+        shutil.copytree(self.path / "data" / key, dest, dirs_exist_ok=True)
 
 
 class ZarrOut:
@@ -65,11 +140,17 @@ class ZarrOut:
         codec: numcodecs.abc.Codec | None,
         chunk_bytes: int,
         fsync: bool,
+        raw: RawCopy | None = None,
+        root_attrs: dict[str, Any] | None = None,
     ) -> ZarrOut:
-        """Create the whole skeleton (no data chunks) in a temp folder, then rename it."""
+        """Create the whole skeleton (no data chunks) in a temp folder, then rename it. Keys
+        of `raw` are copied from the source file by file (metadata and chunks, bytes
+        identical) instead of being created; `root_attrs` become the group's attributes."""
         tmp = tmp_path_for(path)
         try:
             root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w-", zarr_format=2)
+            if root_attrs:
+                root.attrs.put(_sorted(root_attrs))
             data = root.require_group("data")
             meta_group = root.require_group("meta")
             for name, values in meta.items():
@@ -79,7 +160,10 @@ class ZarrOut:
                 )  # fmt: skip
                 arr[...] = values
             for name, (shape, dtype, attrs) in arrays.items():
-                chunks = (time_chunk(shape[1:], dtype, chunk_bytes, shape[0]), *shape[1:])
+                if raw is not None and name in raw.keys:
+                    raw.copy(name, tmp / "data" / name)
+                    continue
+                chunks = optimal_chunks(shape, dtype, chunk_bytes)
                 data.create_array(
                     name, shape=shape, dtype=dtype, chunks=chunks, compressors=codec,
                     fill_value=0, attributes=_sorted(attrs),
@@ -130,10 +214,12 @@ class ZarrOut:
 
     def _fsync_chunks(self, key: str, arr: zarr.Array, start: int, stop: int) -> None:
         clen = arr.chunks[0]
-        tail = ".0" * (arr.ndim - 1)  # chunks span whole frames: one chunk per other axis
+        grid = [range(-(-s // c)) for s, c in zip(arr.shape[1:], arr.chunks[1:], strict=True)]
+        tails = ["".join(f".{i}" for i in idx) for idx in itertools.product(*grid)]
         folder = self.path / "data" / key
         for c in range(start // clen, (stop - 1) // clen + 1):
-            fsync_path(folder / f"{c}{tail}")
+            for tail in tails:  # every chunk of these frames (a large frame spans several)
+                fsync_path(folder / f"{c}{tail}")
         fsync_path(folder)
 
     def update_attrs(self, key: str, update: Callable[[dict[str, Any]], None]) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -29,18 +28,28 @@ from services.exporter import grounding_out, sam3_out
 from services.exporter.buffer import ZarrOut
 from services.exporter.episode import EpisodeJob, Writer, run_episode
 from services.exporter.errors import ExportError, bad, os_error
-from services.exporter.fsutil import OutputLock, atomic_write_json, sweep_temps, user_path
+from services.exporter.fsutil import (
+    OutputLock,
+    atomic_write_json,
+    fsync_path,
+    sweep_temps,
+    user_path,
+)
 from services.exporter.held import HeldEpisode
 from services.exporter.layout import MANIFEST_FORMAT, MANIFEST_VERSION, Layout
 from services.exporter.masks_out import ARM_ROLES, FORMULA, GRIPPER_ROLES, ArmOnlyWriter, NpzWriter
 from services.exporter.options import ROLES, ExportOptions, parse_outputs
 from services.exporter.preview import PreviewWriter
-from services.exporter.rgbm_out import RgbmWriter, create_rgbm_buffer, rgbm_arrays
+from services.exporter.records import (
+    done_record,
+    read_done,
+    read_status,  # noqa: F401 - re-exported (service, tests)
+)
+from services.exporter.rgbm_out import RgbmWriter, create_rgbm_buffer, rgbm_arrays, write_zip
 from services.exporter.source import SourceBuffer
 from services.exporter.ytvis import YtvisWriter, combine
 
 log = logging.getLogger(__name__)
-MARKER_RE = re.compile(r"^(\d{4,})\.json$")
 COMBINED = frozenset({"ytvis", "sam3", "grounding"})  # outputs with files over all episodes
 CLOSE_WAIT_S = 60.0  # close() waits this long for finishes in progress, then leaves it to them
 
@@ -66,28 +75,6 @@ class MemoryBudget:
     def release(self, n: int) -> None:
         with self._lock:
             self.used = max(0, self.used - n)
-
-
-def read_done(layout: Layout) -> list[int]:
-    """Episodes with a done marker (markers are written atomically, so each is complete)."""
-    if not layout.done_dir.is_dir():
-        return []
-    return sorted(int(m.group(1)) for n in os.listdir(layout.done_dir) if (m := MARKER_RE.match(n)))
-
-
-def read_status(output: str) -> dict[str, Any]:
-    """status op: done episodes of an export folder, without opening it."""
-    layout = Layout(user_path(output, "output"))
-    if not layout.root.exists():
-        return {"done": [], "n_episodes": None, "exists": False}
-    if not layout.manifest.exists():
-        raise bad(f"output: {layout.root} has no export.json; it is not an export folder")
-    manifest = json.loads(layout.manifest.read_text())
-    return {
-        "done": read_done(layout),
-        "n_episodes": manifest["source"]["n_episodes"],
-        "exists": True,
-    }
 
 
 class Export:
@@ -219,6 +206,9 @@ class Export:
     def put_masks(self, episode: int, start: int, obj_ids: list[int], masks: np.ndarray,
                   width: int) -> int:  # fmt: skip
         ep_start, ep_stop = self.source.episode_range(episode)
+        if ep_stop == ep_start:
+            raise bad(f"episode: {episode} has no frames (meta/episode_ends repeats a value); "
+                      "an empty episode is not exported - skip it")  # fmt: skip
         with self._lock:
             if episode in self.done:
                 raise bad(f"episode: {episode} is already exported (done); skip it on a re-run")
@@ -247,6 +237,34 @@ class Export:
         if held is not None:
             self.budget.release(held.nbytes)
         return held is not None
+
+    def reopen(self, episode: int, force: bool = False) -> bool:
+        """Make a done episode exportable again (its prompts changed): remove its done marker;
+        the next finish_episode rewrites every output of it. An episode approved in the studio
+        (its record says source: studio, approved) is refused unless `force`. False when the
+        episode was not done."""
+        self.source.episode_range(episode)  # range check
+        with self._lock:
+            if episode in self._finishing:
+                raise bad(f"episode: {episode} is being finished; wait for finish_episode")
+            if episode not in self.done:
+                return False
+            rec = done_record(self.layout, episode)
+            if rec["source"] == "studio" and rec["approved"] and not force:
+                raise bad(f"episode: {episode} was approved in the studio (round {rec['round']}); "
+                          "it is not re-exported - send it back for another round in the "
+                          "studio, or pass force")  # fmt: skip
+            try:
+                self.layout.marker(episode).unlink()
+                if self.options.fsync:
+                    fsync_path(self.layout.done_dir)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise os_error(exc, f"reopen_episode (episode {episode})") from exc
+            self.done.discard(episode)
+        log.info("episode %d reopened (its done marker removed) for a new export", episode)
+        return True
 
     def finish_episode(
         self, episode: int, roles: dict[str, int], meta: dict[str, Any]
@@ -290,10 +308,12 @@ class Export:
             with self._lock:
                 self.done.add(episode)
                 self._held.pop(episode, None)
-                all_done = len(self.done) == self.source.n_episodes
+                all_done = len(self.done) == self.source.n_episodes - len(self.source.empty)
             self.budget.release(held.nbytes)
             if all_done and COMBINED.intersection(self.outputs):
                 self.combine_ytvis()
+            if all_done:
+                self.write_zip()
             log.info("episode %d exported (%d frames)", episode, ep_stop - ep_start)
             return {"episode": episode, "outputs": outputs}
         finally:
@@ -392,8 +412,21 @@ class Export:
         try:
             if COMBINED.intersection(self.outputs):
                 self.combine_ytvis()
+            self.write_zip()
         finally:
             self._release()
+
+    def write_zip(self) -> None:
+        """options.rgbm_zip: rgbm.zarr.zip from rgbm.zarr (done episodes), rebuilt when the
+        last episode is done and at close_export."""
+        if not (self.options.rgbm_zip and self.rgbm is not None):
+            return
+        try:
+            with self.rgbm._lock:  # no region write while the folder is packed
+                write_zip(self.layout.rgbm_zarr, self.layout.root / "rgbm.zarr.zip",
+                          self.options.fsync)  # fmt: skip
+        except OSError as exc:
+            raise os_error(exc, "rgbm.zarr.zip") from exc
 
     def _release(self) -> None:
         """Drop held masks, release the folder lock and the source (once)."""

@@ -41,6 +41,7 @@ class ExportOptions:
         True  # arm_only: refuse an episode whose gripper masks are all empty
     )
     arm_only_zarr: bool = False  # also write data/arm_only_mask (T,H,W) uint8 to arm_only.zarr
+    rgbm_zip: bool = False  # also write rgbm.zarr.zip (a zarr ZipStore, as UMI's loader opens)
     jpeg_quality: int = 95  # YTVIS frame JPEGs
     preview_fps: float = 10.0  # overlay MP4 frame rate
     preview_stride: int = 1  # overlay MP4 keeps every n-th frame

@@ -75,6 +75,13 @@ class EpisodeReq:
 
 
 @message
+class ReopenEpisodeReq:
+    export: str
+    episode: int
+    force: bool = False  # also reopen an episode approved in the studio
+
+
+@message
 class StatusReq:
     output: str
 
@@ -137,6 +144,11 @@ def build_service(backend: str, options: dict) -> Service:
     @_wire_errors
     def discard_episode(req: EpisodeReq) -> dict:
         return {"discarded": registry.get(req.export).discard(req.episode)}
+
+    @svc.op("reopen_episode", body=ReopenEpisodeReq)
+    @_wire_errors
+    def reopen_episode(req: ReopenEpisodeReq) -> dict:
+        return {"reopened": registry.get(req.export).reopen(req.episode, req.force)}
 
     @svc.op("status", body=StatusReq)
     @_wire_errors

@@ -56,11 +56,15 @@ class SourceBuffer:
             raise bad(f"source: {path} has no data/ group; is it a replay buffer?")
         ends = np.asarray(group["meta/episode_ends"][:], dtype=np.int64)  # (E,) int64
         self.episode_ends = ends
+        lengths = np.diff(np.concatenate([[0], ends]))
         self.n_frames = int(ends[-1]) if ends.size else 0
         if ends.size == 0 or self.n_frames <= 0:
             raise bad(f"source: {path} has no episodes (meta/episode_ends is empty)")
-        if np.any(np.diff(np.concatenate([[0], ends])) <= 0):
-            raise bad(f"source: {path} meta/episode_ends is not strictly increasing")
+        # episodes with no frames (a repeated end): never exported, skipped by the orchestrator
+        self.empty: list[int] = [int(e) for e in np.flatnonzero(lengths == 0)]
+        if np.any(lengths < 0):
+            raise bad(f"source: {path} meta/episode_ends decreases; it must be non-decreasing "
+                      "(a repeated value is an empty episode, which is skipped)")  # fmt: skip
         data = group["data"]
         self.arrays: dict[str, zarr.Array] = {}
         for name, member in sorted(data.members()):

@@ -72,10 +72,12 @@ def test_export_through_the_service_matches_the_library(tmp_path: Path, service)
     send_episode(c, export, 0, lengths[0], h, w)
     assert c.call("info")["exports"] == {export: str(out)}
     assert c.call("close_export", {"export": export}) == {}
+    none = {"source": None, "approved": None, "round": None, "prompts_fingerprint": None}
     assert c.call("status", {"output": str(out)}) == {
         "done": [0, 1],
         "n_episodes": 2,
         "exists": True,
+        "records": {"0": none, "1": none},  # send_episode's meta says nothing of its prompts
     }
 
     rgbm = zarr.open_group(str(out / "rgbm.zarr"), mode="r")["data/rgbm"][:]

@@ -186,7 +186,10 @@ def test_ytvis_rle_decodes_back_to_the_masks(exported) -> None:
 
 def test_status_lists_done_episodes(exported) -> None:
     _src, out, _sent = exported
-    assert read_status(str(out)) == {"done": [0, 1, 2], "n_episodes": 3, "exists": True}
+    st = read_status(str(out))
+    assert (st["done"], st["n_episodes"], st["exists"]) == ([0, 1, 2], 3, True)
+    assert sorted(st["records"]) == ["0", "1", "2"]  # what each done record's meta says
+    assert set(st["records"]["0"]) == {"source", "approved", "round", "prompts_fingerprint"}
     assert read_status(str(out / "nope"))["exists"] is False
 
 
