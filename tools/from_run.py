@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from protocol.masks import pack
-from services.exporter.export import Export, MemoryBudget, read_done
+from services.exporter.export import Export, MemoryBudget
 from services.exporter.layout import Layout
+from services.exporter.records import read_done
 from services.exporter.source import SourceBuffer
 
 CHUNK = 64  # frames per put_masks

@@ -1,4 +1,4 @@
-"""The vlm service: ops `bbox` and `plan` over the mesh protocol, on a chosen backend.
+"""The vlm service: ops `bbox`, `point` and `plan` over the mesh protocol, on a chosen backend.
 
 Usage:
     python -m services.vlm --backend prompts --option prompts_file=configs/prompts/demo.yaml
@@ -7,6 +7,8 @@ Usage:
     c = Client("tcp://127.0.0.1:5553")
     c.call("bbox", {"image": rgb, "description": "the green cup"})   # rgb (H, W, 3) uint8
     # -> {box: [x0, y0, x1, y1] (original pixels, float), label, description, raw, ...}
+    c.call("point", {"image": rgb, "description": "the green cup"})
+    # -> {visible: bool, point: [x, y] (original pixels) | None, label, description, raw, ...}
     c.call("plan", {"task": "check_grasp_success", "image": rgb})
     # -> {task, result, raw}
 """
@@ -35,6 +37,14 @@ QUEUE_SIZE = 64  # requests waiting beyond the workers before `overloaded`
 
 @message
 class BboxReq:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    description: str  # the object, e.g. "the green cup on the right"
+    episode: int | None = None  # prompts backend: which episode's entry
+    frame: int | None = None  # prompts backend: which frame the image is
+
+
+@message
+class PointReq:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     description: str  # the object, e.g. "the green cup on the right"
     episode: int | None = None  # prompts backend: which episode's entry
@@ -72,10 +82,11 @@ def build_service(backend: str | None, options: dict | None) -> Service:
         backend=name,
         version=__version__,
         capabilities={
-            "ops": ["bbox", "plan"],
+            "ops": ["bbox", "point", "plan"],
             "backends": list(BACKENDS),
             "tasks": {t: s.result for t, s in TASKS.items()},
             "bbox": describe(BboxReq),
+            "point": describe(PointReq),
             "plan": describe(PlanReq),
         },
         workers=be.concurrency,
@@ -86,6 +97,10 @@ def build_service(backend: str | None, options: dict | None) -> Service:
     def bbox(req: BboxReq) -> dict:
         # req.image is a read-only view of the received frame; backends only read it
         return _serve(be.bbox, req.image, req.description, req.episode, req.frame)
+
+    @svc.op("point", body=PointReq, idempotent=True)
+    def point(req: PointReq) -> dict:
+        return _serve(be.point, req.image, req.description, req.episode, req.frame)
 
     @svc.op("plan", body=PlanReq, idempotent=True)
     def plan(req: PlanReq) -> dict:

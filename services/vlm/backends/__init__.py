@@ -46,6 +46,11 @@ class VlmBackend(Protocol):
     ) -> dict:
         """-> {box: [x0, y0, x1, y1] original pixels, label, description, raw}."""
 
+    def point(
+        self, image: np.ndarray, description: str, episode: int | None, frame: int | None
+    ) -> dict:
+        """-> {visible: bool, point: [x, y] original pixels | None, label, description, raw}."""
+
     def plan(
         self, task: str, image: np.ndarray | None, instruction: str | None, episode: int | None
     ) -> dict:

@@ -24,6 +24,7 @@ from ..parsing import (
     parse_list_answer,
     parse_type_answer,
 )
+from ..point import parse_point_answer, point_hint, point_prompt, point_to_original
 from ..prompts import (
     TASKS,
     bbox_prompt,
@@ -136,6 +137,29 @@ class ChatBackend:
             "model_box": ans.bbox,
             "model_size": [mh, mw],
         }
+
+    def point(
+        self,
+        image: np.ndarray,
+        description: str,
+        episode: int | None = None,
+        frame: int | None = None,
+    ) -> dict:
+        """One point on the described object (original pixels), or visible=False."""
+        check_image(image)
+        if not description.strip():
+            raise RequestError("description: must name the object, e.g. 'the green cup'")
+        h, w = image.shape[:2]
+        prompt = point_prompt(description, point_hint(self.conv, h, w))
+        comp = self.complete(self.messages(prompt, image))
+        ans = parse_point_answer(comp.text, truncated=comp.finish_reason == "length")
+        mh, mw = self.conv.model_size(h, w)
+        out = {"visible": ans.point is not None, "point": None, "label": ans.label or "",
+               "description": description, "raw": comp.text, "model_point": ans.point,
+               "model_size": [mh, mw]}  # fmt: skip
+        if ans.point is not None:
+            out["point"] = point_to_original(self.conv, ans.point, h, w, raw=comp.text)
+        return out
 
     def plan(
         self,

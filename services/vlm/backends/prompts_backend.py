@@ -130,6 +130,20 @@ class PromptsBackend:
             "frame": t.frame,
         }
 
+    def point(
+        self,
+        image: np.ndarray,
+        description: str,
+        episode: int | None = None,
+        frame: int | None = None,
+    ) -> dict:
+        """The centre of the episode's stored target box (the file holds boxes, not points)."""
+        b = self.bbox(image, description, episode, frame)
+        x0, y0, x1, y1 = b["box"]
+        return {"visible": True, "point": [round((x0 + x1) / 2, 2), round((y0 + y1) / 2, 2)],
+                "label": b["label"], "description": b["description"], "raw": b["raw"],
+                "frame": b["frame"]}  # fmt: skip
+
     def plan(
         self,
         task: str,
