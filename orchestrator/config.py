@@ -307,6 +307,17 @@ def parse_pipeline(raw: Any, *, source: str = "<memory>") -> PipelineConfig:
     return cfg
 
 
+def raw_pipeline(obj: PipelineConfig | dict | str | os.PathLike) -> dict:
+    """The config as plain data before validation (what overrides are decided from), with
+    `origin` set to where it came from."""
+    if isinstance(obj, PipelineConfig):
+        return {**obj.to_dict(), "origin": obj.origin}
+    if isinstance(obj, dict):
+        return {**obj, "origin": "<memory>"}
+    raw = read_yaml(obj, "pipeline config", "configs/pipelines/", PipelineConfigError)
+    return {**(raw if isinstance(raw, dict) else {}), "origin": str(obj)}
+
+
 def _merge(raw: Any, overrides: dict | None) -> Any:
     if not overrides or not isinstance(raw, dict):
         return raw

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.claim import ClaimError, OutputClaim, run_key, session_prefix
-from orchestrator.config import PipelineConfig, PipelineConfigError, as_pipeline
+from orchestrator.config import (
+    PipelineConfig,
+    PipelineConfigError,
+    _merge,
+    as_pipeline,
+    raw_pipeline,
+)
 from orchestrator.plan import (
     DatasetInfo,
     EpisodePlan,
@@ -163,14 +169,12 @@ class Prepared:
 
 def _config(pipeline_cfg: Any, overrides: dict | None,
             prompts_file: str | None) -> tuple[PipelineConfig, str | None]:  # fmt: skip
-    """The pipeline config with overrides; --prompts applied (prompts_override)."""
+    """The pipeline config with overrides and --prompts applied (prompts_override)."""
     try:
-        base = as_pipeline(pipeline_cfg, overrides)
-        over, note = prompts_override(base, prompts_file)
-        return (as_pipeline(base, over) if over else base), note
-    except PipelineConfigError as e:
-        raise RunError(str(e)) from None
-    except SourceError as e:
+        raw = raw_pipeline(pipeline_cfg)
+        over, note = prompts_override(raw, prompts_file)
+        return as_pipeline(pipeline_cfg, _merge(overrides or {}, over) or None), note
+    except (PipelineConfigError, SourceError) as e:
         raise RunError(str(e)) from None
 
 
@@ -229,19 +233,19 @@ def run_pipeline(pipeline_cfg: PipelineConfig | dict | str | os.PathLike, input:
     run_o = {k: v for k, v in (("fail_fast", fail_fast), ("progress", progress)) if v is not None}
     if run_o:
         overrides["run"] = run_o
-    pr = prepare(pipeline_cfg, input, services_cfg, episodes, overrides, prompts_file)
-    svcs, sam_live = pr.svcs, pr.sam_live
-    for n in pr.notes:
-        log.info("%s", n)
-        if echo is not None:
-            echo(n)
     out_dir = str(Path(output).resolve())
     run_id = f"{run_key(out_dir)}-{uuid.uuid4().hex[:8]}"  # sessions: orc-<run_id>-e<ep>-a<n>
     try:
-        claim = OutputClaim.acquire(out_dir, run_id)  # one orchestrator per output
+        claim = OutputClaim.acquire(out_dir, run_id)  # one orchestrator per output, first
     except ClaimError as e:
         raise RunError(str(e)) from None
     try:
+        pr = prepare(pipeline_cfg, input, services_cfg, episodes, overrides, prompts_file)
+        svcs, sam_live = pr.svcs, pr.sam_live
+        for n in pr.notes:
+            log.info("%s", n)
+            if echo is not None:
+                echo(n)
         closed = close_stale_sessions(svcs, sam_live, session_prefix(out_dir))
         if closed:
             n = f"closed {len(closed)} SAM session(s) left open by an earlier run of this output"

@@ -47,26 +47,28 @@ def _input_desc(ds: DatasetInfo) -> str:
             f"{ds.width}x{ds.height}, {ds.n_episodes} episodes)")  # fmt: skip
 
 
-def prompts_override(base: PipelineConfig, prompts_file: str | None) -> tuple[dict, str | None]:
-    """The config overrides `--prompts FILE` stands for, and a note saying what it changed.
-    rgbm: the target boxes then come from the file (prompt.source: file); with prompt.source
-    text there is nothing a file could give, so it is refused."""
+def prompts_override(raw: dict, prompts_file: str | None) -> tuple[dict, str | None]:
+    """The config overrides `--prompts FILE` stands for, and a note saying what it changed;
+    `raw` is the config as plain data (config.raw_pipeline). rgbm: the target boxes then come
+    from the file (prompt.source: file); with prompt.source text there is nothing a file could
+    give, so it is refused."""
     if prompts_file is None:
         return {}, None
     over: dict[str, Any] = {"prompts_file": prompts_file}
     note = f"prompts: file {prompts_file} (--prompts)"
-    if base.pipeline == "rgbm":
-        src = base.prompt.source
+    prompt = raw.get("prompt") if isinstance(raw.get("prompt"), dict) else {}
+    if raw.get("pipeline") == "rgbm":
+        src, origin = prompt.get("source", "vlm"), raw.get("origin", "the config")
         if src == "text":
             raise SourceError(
-                f"--prompts: {base.origin} has prompt.source: text (a SAM3 text prompt); a "
+                f"--prompts: {origin} has prompt.source: text (a SAM3 text prompt); a "
                 "prompts file is not read by it. Drop --prompts, or use a config with "
                 "prompt.source: file (configs/pipelines/rgbm_file.yaml)"
             )
         if src == "vlm":
             over["prompt"] = {"source": "file"}
             note += (f"; the target boxes come from its episodes.<i>.target, not from the VLM "
-                     f"({base.origin} says prompt.source: vlm; --prompts sets it to file)")  # fmt: skip
+                     f"({origin} says prompt.source: vlm; --prompts sets it to file)")  # fmt: skip
     return over, note
 
 
