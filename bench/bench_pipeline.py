@@ -95,18 +95,15 @@ def _warm_up(endpoint: str, height: int, width: int) -> None:
     import numpy as np
 
     from protocol.client import Client
+    from services.sam.api import CONTRACT
 
-    with Client(endpoint, timeout=60) as c:
+    with Client(endpoint, timeout=60, contract=CONTRACT) as c:
         frames = np.zeros((2, height, width, 3), np.uint8)  # (2, H, W, 3) uint8
         frames[:, height // 4 : height // 2, width // 4 : width // 2] = 200
-        sid = c.call(
-            "start_session", {"height": height, "width": width, "n_frames": 2}, idempotent=False
-        )["session"]
+        sid = c.call("start_session", {"height": height, "width": width, "n_frames": 2})["session"]
         c.call("put_frames", {"session": sid, "start": 0, "frames": frames})
         box = [width / 5, height / 5, width / 1.8, height / 1.8]
-        c.call(
-            "add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box}, idempotent=False
-        )
+        c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box})
         c.call("propagate", {"session": sid})
         c.call("close_session", {"session": sid})
 

@@ -87,15 +87,15 @@ def call(
     stop: threading.Event | None = None,
     stats: Stats | None = None,
     timeout: float | None = None,
-    idempotent: bool = True,
 ) -> dict:
     """client.call with request-level retries (idempotent ops only) and backoff."""
+    idempotent = client.idempotent(op)  # the service's contract decides
     attempt = 0
     while True:
         if stop is not None and stop.is_set():
             raise Interrupted("stopped")
         try:
-            return client.call(op, body, timeout=timeout, idempotent=idempotent)
+            return client.call(op, body, timeout=timeout)
         except (RemoteError, ServiceUnavailable) as e:
             if not idempotent or not _transient(e) or attempt >= policy.retries:
                 raise

@@ -10,9 +10,10 @@ not idempotent, so a known name lets us close the session even when its reply wa
 session is always closed (close_session is idempotent), on success, failure or Ctrl-C, by a
 SessionCloser: its close outlasts a propagate still running on the replica (closer.py).
 
-propagate is sent once (idempotent=False): a copy resent after a timeout would only queue
-behind the running one on the single-worker replica; a failed attempt is retried whole by the
-scheduler. finish_episode is sent idempotently: the exporter answers a repeat with the result
+Which ops may be re-sent is the services' contracts' call (services/<name>/api.py): propagate
+is idempotent and long-running; the client judges it alive by the frames it reports done and
+re-sends it only when the replica lost it (restart), never while it runs. A failed attempt is
+retried whole by the scheduler. finish_episode: the exporter answers a repeat with the result
 of the finish in progress (or done).
 """
 
@@ -97,7 +98,7 @@ class SamRunner:
         self.sessions[sid] = self.endpoint  # registered first: a lost reply still gets closed
         quiet = False  # the replica stopped answering: do not wait long to close
         try:
-            self.client.call("start_session", body, idempotent=False)
+            self.client.call("start_session", body)
             times["upload"] += _now() - t
             self._upload(sid, stream, times)
             meta_stages = []
@@ -106,14 +107,12 @@ class SamRunner:
                 t = _now()
                 for op in stage.prompts:
                     box = stream.boxes.get(op) if op.vlm is not None else None
-                    self.client.call("add_prompt", op.body(sid, box), idempotent=False)
+                    self.client.call("add_prompt", op.body(sid, box))
                 times["prompt"] += _now() - t
                 t = _now()
                 self._check_stop()
                 body = {"session": sid, "direction": self.direction}  # one blocking call,
-                self.client.call(  # never resent (see the module docstring)
-                    "propagate", body, timeout=self.run_cfg.propagate_timeout_s, idempotent=False
-                )
+                self.client.call("propagate", body, timeout=self.run_cfg.propagate_timeout_s)
                 times["propagate"] += _now() - t
                 meta_stages.append(self._stage_meta(stage, stream))
             self._check_stop()
@@ -287,13 +286,8 @@ class ExportRunner:
     def close(self) -> None:
         if self.export_id is None:
             return
-        try:  # sent once: the exporter may wait for a finish in progress before it answers
-            self.client.call(
-                "close_export",
-                {"export": self.export_id},
-                timeout=CLOSE_TIMEOUT_S,
-                idempotent=False,
-            )
+        try:  # the exporter may wait for a finish in progress before it answers
+            self.client.call("close_export", {"export": self.export_id}, timeout=CLOSE_TIMEOUT_S)
         except (RemoteError, ServiceUnavailable) as e:
             log.warning("exporter: close_export failed: %s", e)
         self.export_id = None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import ARM_ROLES, DEFAULT_OBJ_IDS, GRIPPER_ROLES, PipelineConfig
-from services.vlm.prompts_file import EpisodePrompts, Prompt, PromptsFile, parse_prompts
+from protocol.prompts_file import EpisodePrompts, Prompt, PromptsFile, parse_prompts
 
 MAX_ERRORS_SHOWN = 20
 

@@ -54,7 +54,7 @@ from protocol.config import (
     load_services,
 )
 from protocol.errors import RemoteError, ServiceUnavailable
-from services.vlm.prompts_file import PromptsFile, PromptsFileError, load_prompts_file
+from protocol.prompts_file import PromptsFile, PromptsFileError, load_prompts_file
 
 log = logging.getLogger(__name__)
 

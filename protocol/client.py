@@ -42,6 +42,7 @@ from typing import Any
 import zmq
 
 from . import security
+from .contract import Contract
 from .errors import UNAVAILABLE, RemoteError, ServiceUnavailable
 from .server import DEFAULT_MAX_MSG_BYTES
 from .wire import WireError, decode, encode
@@ -123,6 +124,7 @@ class Client:
         curve_client_secret: str | None = None,
         max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES,
         context: zmq.Context | None = None,
+        contract: Contract | None = None,
     ):
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not eps:
@@ -135,6 +137,7 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.max_msg_bytes = max_msg_bytes
+        self.contract = contract
         self._curve = (curve_server_key, curve_client_secret) if curve_server_key else None
         self._ctx = context or zmq.Context.instance()
         self._replicas = [_Replica(e) for e in eps]
@@ -151,15 +154,30 @@ class Client:
         return [r.endpoint for r in self._replicas]
 
     def call(self, op: str, body: dict | None = None, *, timeout: float | None = None,
-             idempotent: bool = True) -> dict:  # fmt: skip
+             idempotent: bool | None = None) -> dict:  # fmt: skip
         """Send one request and wait for its reply body. Raises RemoteError / ServiceUnavailable."""
         return self.submit(op, body, timeout=timeout, idempotent=idempotent).result()
 
+    def idempotent(self, op: str) -> bool:
+        """Whether `op` may be re-sent: the contract's table decides (no contract: only the
+        built-in health checks)."""
+        if self.contract is not None:
+            return self.contract.idempotent(op)
+        return op in HEALTH_OPS
+
     def submit(self, op: str, body: dict | None = None, *, timeout: float | None = None,
-               idempotent: bool = True) -> Future:  # fmt: skip
-        """Send a request now and return its Future (pipelining: submit several, then result())."""
+               idempotent: bool | None = None) -> Future:  # fmt: skip
+        """Send a request now and return its Future (pipelining: submit several, then result()).
+
+        Idempotency comes from the client's contract; `idempotent` is only for a client
+        without one (a raw protocol client), and is refused next to a contract."""
         if self._closed:
             raise RuntimeError(f"client {self.name}: closed")
+        if idempotent is None:
+            idempotent = self.idempotent(op)
+        elif self.contract is not None:
+            raise TypeError(f"{op}: idempotency comes from the {self.contract.service} contract, "
+                            "not from the caller; drop idempotent=")  # fmt: skip
         t = self.timeout if timeout is None else timeout
         fut = Future(self, next(self._ids), op, t, idempotent, self.retries)
         fut.frames = encode({"op": op, "id": fut.id, "deadline": t, "body": body or {}})

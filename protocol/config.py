@@ -71,11 +71,14 @@ class ServiceConfig:
         return self.env or f"{self.name}-{self.backend}"
 
     def client(self, **overrides: Any):
+        """A Client for the replicas, with the service's contract (services/NAME/api.py)."""
         from .client import Client
+        from .contract import contract_for
 
         kw: dict[str, Any] = dict(
-            timeout=self.timeout_s, retries=self.retries, max_msg_bytes=self.max_msg_bytes
-        )
+            timeout=self.timeout_s, retries=self.retries, max_msg_bytes=self.max_msg_bytes,
+            contract=contract_for(self.name),
+        )  # fmt: skip
         if self.curve is not None:
             kw.update(
                 curve_server_key=self.curve.public_key,

@@ -1,6 +1,7 @@
 """An echo service: a real mesh service for protocol tests, benchmarks and other-language clients.
 
-Ops: echo (returns its body, arrays included), sleep {seconds}, fail {code, message},
+Ops (contract: protocol/echo_api.py): echo (returns its body, arrays included), sleep
+{seconds}, work {seconds, steps} (long-running, reports progress), fail {code, message},
 typed {n: int, name: str, tags: list[str] | None} (schema validation), count (side effect).
 """
 
@@ -8,31 +9,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
+from protocol.echo_api import CONTRACT, Count, Fail, Sleep, Typed
 from protocol.errors import ServiceError
 from protocol.runner import service_main
-from protocol.schema import message
 from protocol.server import Service
-
-
-@message
-class Sleep:
-    seconds: float
-
-
-@message
-class Fail:
-    code: str = "internal"
-    message: str = "asked to fail"
-
-
-@message
-class Typed:
-    n: int
-    name: str
-    tags: list[str] | None = None
-    arr: np.ndarray | None = None
 
 
 def build(backend: str, options: dict) -> Service:
@@ -42,31 +22,41 @@ def build(backend: str, options: dict) -> Service:
             f"option {sorted(unknown)[0]!r}: unknown; valid options are ['queue_size', 'workers']"
         )
     svc = Service("echo", backend=backend, workers=int(options.get("workers", 1)),
-                  queue_size=int(options.get("queue_size", 64)))  # fmt: skip
+                  queue_size=int(options.get("queue_size", 64)), contract=CONTRACT)  # fmt: skip
     counter = {"n": 0}
 
     @svc.op("echo")
     def echo(body: dict) -> dict:
         return body
 
-    @svc.op("sleep", body=Sleep)
+    @svc.op("sleep")
     def sleep(req: Sleep) -> dict:
         time.sleep(req.seconds)
         return {"slept": req.seconds}
 
-    @svc.op("fail", body=Fail)
+    @svc.op("work")
+    def work(req: Sleep, progress) -> dict:
+        steps = max(1, req.steps)
+        for i in range(steps):
+            time.sleep(req.seconds / steps)
+            progress(i + 1, steps)
+        return {"slept": req.seconds, "steps": steps}
+
+    @svc.op("fail")
     def fail(req: Fail) -> dict:
         if req.code == "crash":
             raise RuntimeError(req.message)
         raise ServiceError(req.message, code=req.code)
 
-    @svc.op("typed", body=Typed)
+    @svc.op("typed")
     def typed(req: Typed) -> dict:
         return {"n": req.n, "name": req.name, "tags": req.tags,
                 "sum": None if req.arr is None else float(req.arr.sum())}  # fmt: skip
 
-    @svc.op("count", idempotent=False)
-    def count(body: dict) -> dict:
+    @svc.op("count")
+    def count(req: Count) -> dict:
+        if req.seconds:
+            time.sleep(req.seconds)
         counter["n"] += 1
         return {"n": counter["n"]}
 

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -37,8 +37,9 @@ import numpy as np
 import zmq
 
 from . import errors, security
+from .contract import BUILTIN_OPS, Contract
 from .errors import ServiceError
-from .schema import describe, parse
+from .schema import parse
 from .wire import PROTOCOL_VERSION, WireError, decode, encode
 from .zio import POLLIN, poll, recv_parts, send_parts, split_envelope
 
@@ -54,19 +55,32 @@ DRAIN_TIMEOUT_S = 30.0  # SIGTERM: how long in-flight work may take before we ex
 @dataclass(frozen=True)
 class OpSpec:
     name: str
-    fn: Callable[[Any], Any]
+    fn: Callable[..., Any]  # fn(req), or fn(req, progress) for a long-running op
     body: type | None
     idempotent: bool
+    long_running: bool = False
+    raw: bool = False  # validate the body, hand the handler the dict
 
 
-@dataclass
 class _Job:
-    envelope: list
-    msg_id: Any
-    op: OpSpec
-    body: Any
-    deadline: float | None  # monotonic seconds, or None
-    frames: list = field(repr=False)  # keeps the received buffers alive until the reply is sent
+    """A request between the socket thread and a worker; workers update its progress."""
+
+    __slots__ = ("envelope", "msg_id", "op", "body", "deadline", "frames", "state", "done",
+                 "total", "t_progress")  # fmt: skip
+
+    def __init__(self, envelope: list, msg_id: Any, op: OpSpec, body: Any,
+                 deadline: float | None, frames: list):  # fmt: skip
+        self.envelope, self.msg_id, self.op, self.body = envelope, msg_id, op, body
+        self.deadline = deadline  # monotonic seconds, or None
+        self.frames = frames  # keeps the received buffers alive until the reply is sent
+        self.state = "queued"
+        self.done = self.total = 0
+        self.t_progress = time.monotonic()  # last sign of work: queued, started, progress
+
+    def progress(self, done: int, total: int = 0) -> None:
+        """Called by a long-running handler after each unit of work (frames done of total)."""
+        self.done, self.total = int(done), int(total)
+        self.t_progress = time.monotonic()
 
 
 def _error_frames(
@@ -92,6 +106,7 @@ class Service:
         workers: int = 1,
         queue_size: int = 64,
         versions: dict[str, str] | None = None,
+        contract: Contract | None = None,
     ):
         if workers < 1:
             raise ValueError(f"workers: must be >= 1, got {workers}")
@@ -104,6 +119,7 @@ class Service:
         self.workers = workers
         self.queue_size = queue_size
         self.extra_versions = dict(versions or {})
+        self.contract = contract
         self.ops: dict[str, OpSpec] = {}
         self._info_hooks: list[Callable[[], dict]] = []
         self._close_hooks: list[Callable[[], None]] = []
@@ -123,16 +139,30 @@ class Service:
         self.endpoint: str | None = None  # the bound address, once serving
 
     # -- registration -----------------------------------------------------------------
-    def op(self, name: str, *, body: type | None = None, idempotent: bool = True):
-        """Register a handler. `body` is a @message class (or None for a raw dict)."""
-        if name in ("ping", "info") or name in self.ops:
-            raise ValueError(f"op {name!r} is already registered (ping and info are built in)")
+    def op(self, name: str, *, raw: bool = False):
+        """Register the handler of contract op `name`: fn(req), or fn(req, progress) where
+        the op is long-running (progress(done, total) after each unit of work). `raw`: the
+        body is validated against the request struct but handed over as the dict received
+        (for test doubles)."""
+        if name in BUILTIN_OPS or name in self.ops:
+            raise ValueError(f"op {name!r} is already registered ({BUILTIN_OPS} are built in)")
+        if self.contract is None:
+            raise ValueError(f"{self.name}: Service(contract=...) is needed to register ops")
+        spec = self.contract.op(name)
 
         def deco(fn):
-            self.ops[name] = OpSpec(name, fn, body, idempotent)
+            self.ops[name] = OpSpec(name, fn, spec.request, spec.idempotent, spec.long_running, raw)
             return fn
 
         return deco
+
+    def check_contract(self) -> None:
+        """Every op of the contract has a handler (the services' tests call it); an op
+        without one is answered `unsupported`."""
+        if self.contract is not None:
+            missing = sorted(set(self.contract.ops) - set(self.ops))
+            if missing:
+                raise ValueError(f"{self.name}: no handler for contract op(s) {missing}")
 
     def add_info(self, fn: Callable[[], dict]) -> None:
         self._info_hooks.append(fn)
@@ -156,10 +186,7 @@ class Service:
                 **self.extra_versions,
             },
             "capabilities": self.capabilities,
-            "ops": {
-                n: {"idempotent": s.idempotent, "body": describe(s.body) if s.body else None}
-                for n, s in self.ops.items()
-            },  # fmt: skip
+            "ops": {n: self.contract.op(n).describe() for n in self.ops} if self.contract else {},
             "endpoint": self.endpoint,
             "pid": os.getpid(),
             # Set by the starter (tools/launch.py: make up) so it can tell its own process
@@ -417,8 +444,11 @@ class Service:
             return _error_frames(job.msg_id, name, errors.TIMEOUT,
                                  "deadline passed while the request waited in the queue; work not done")  # fmt: skip
         try:
-            arg = parse(job.op.body, job.body) if job.op.body is not None else job.body
-            result = job.op.fn(arg)
+            op = job.op
+            arg = parse(op.body, job.body) if op.body is not None else job.body
+            if op.raw:
+                arg = job.body if job.body is not None else {}
+            result = job.op.fn(arg, job.progress) if job.op.long_running else job.op.fn(arg)
             if result is None:
                 result = {}
             return encode({"id": job.msg_id, "op": name, "ok": True, "body": result})

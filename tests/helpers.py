@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.client import Client
+from protocol.contract import contract_for
 from protocol.spawn import service_args, start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
 def start_service(name: str, *, backend: str, options: dict | None = None, timeout: float = 30.0,
                   retries: int = 2, **kw) -> Iterator[RunningService]:  # fmt: skip
     proc, endpoint, log_path = spawn_service(name, backend=backend, options=options, **kw)
-    client = Client(endpoint, timeout=timeout, retries=retries, name=name)
+    client = Client(endpoint, timeout=timeout, retries=retries, name=name,
+                    contract=contract_for(name))  # fmt: skip
     try:
         yield RunningService(name, proc, endpoint, client, log_path)
     finally:

@@ -19,12 +19,19 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from protocol import errors as perr
-from protocol.schema import message
 from protocol.server import Service
 from services.exporter import __version__
+from services.exporter.api import (
+    CONTRACT,
+    EpisodeReq,
+    ExportReq,
+    FinishEpisodeReq,
+    OpenExportReq,
+    PutMasksReq,
+    ReopenEpisodeReq,
+    StatusReq,
+)
 from services.exporter.errors import ExportError
 from services.exporter.export import read_status
 from services.exporter.options import OUTPUTS, ROLES, ExportOptions
@@ -39,56 +46,6 @@ SERVICE_OPTIONS = {
 }
 _ERRORS = {"bad_request": perr.BadRequest, "not_found": perr.NotFound,
            "overloaded": perr.Overloaded, "internal": perr.Internal}  # fmt: skip
-
-
-@message
-class OpenExportReq:
-    output: str  # export folder (created if missing)
-    source: str  # source replay buffer (.zarr folder or .zarr.zip)
-    camera_key: str  # data/<camera_key> (N, H, W, 3) uint8 RGB
-    outputs: list[str]  # subset of rgbm, arm_only, npz, preview, ytvis, sam3, grounding
-    options: dict | None = None  # ExportOptions; unknown keys are refused
-
-
-@message
-class PutMasksReq:
-    export: str
-    episode: int
-    start: int  # episode-relative index of the first frame in `masks`
-    obj_ids: list[int]
-    masks: np.ndarray  # (n_obj, n, H, ceil(W/8)) uint8, protocol.masks.pack
-    width: int  # W
-
-
-@message
-class FinishEpisodeReq:
-    export: str
-    episode: int
-    roles: dict[str, int]  # role -> obj_id; roles: target, arm_left, arm_right, gripper_*
-    meta: dict | None = None  # JSON-able, recorded in the episode's done marker
-
-
-@message
-class EpisodeReq:
-    export: str
-    episode: int
-
-
-@message
-class ReopenEpisodeReq:
-    export: str
-    episode: int
-    force: bool = False  # also reopen an episode approved in the studio
-
-
-@message
-class StatusReq:
-    output: str
-
-
-@message
-class ExportReq:
-    export: str
 
 
 def _wire_errors(fn: Callable[..., dict]) -> Callable[..., dict]:
@@ -120,42 +77,43 @@ def build_service(backend: str, options: dict) -> Service:
         "exporter", backend=backend, version=__version__, workers=opts["workers"],
         capabilities={"outputs": list(OUTPUTS), "roles": list(ROLES),
                       "export_options": list(ExportOptions.__dataclass_fields__)},
+        contract=CONTRACT,
     )  # fmt: skip
 
-    @svc.op("open_export", body=OpenExportReq)
+    @svc.op("open_export")
     @_wire_errors
     def open_export(req: OpenExportReq) -> dict:
         return registry.open_export(req.output, req.source, req.camera_key, req.outputs,
                                     req.options or {})  # fmt: skip
 
-    @svc.op("put_masks", body=PutMasksReq)
+    @svc.op("put_masks")
     @_wire_errors
     def put_masks(req: PutMasksReq) -> dict:
         exp = registry.get(req.export)
         received = exp.put_masks(req.episode, req.start, req.obj_ids, req.masks, req.width)
         return {"received": received}
 
-    @svc.op("finish_episode", body=FinishEpisodeReq)
+    @svc.op("finish_episode")
     @_wire_errors
     def finish_episode(req: FinishEpisodeReq) -> dict:
         return registry.get(req.export).finish_episode(req.episode, req.roles, req.meta or {})
 
-    @svc.op("discard_episode", body=EpisodeReq)
+    @svc.op("discard_episode")
     @_wire_errors
     def discard_episode(req: EpisodeReq) -> dict:
         return {"discarded": registry.get(req.export).discard(req.episode)}
 
-    @svc.op("reopen_episode", body=ReopenEpisodeReq)
+    @svc.op("reopen_episode")
     @_wire_errors
     def reopen_episode(req: ReopenEpisodeReq) -> dict:
         return {"reopened": registry.get(req.export).reopen(req.episode, req.force)}
 
-    @svc.op("status", body=StatusReq)
+    @svc.op("status")
     @_wire_errors
     def status(req: StatusReq) -> dict:
         return read_status(req.output)
 
-    @svc.op("close_export", body=ExportReq)
+    @svc.op("close_export")
     @_wire_errors
     def close_export(req: ExportReq) -> dict:
         registry.close_export(req.export)

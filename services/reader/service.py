@@ -21,9 +21,9 @@ from typing import Any
 import numcodecs
 
 from protocol.errors import ServiceError
-from protocol.schema import message
 from protocol.server import Service
 from services.reader import __version__
+from services.reader.api import CONTRACT, ArraysReq, CloseReq, FramesReq, OpenReq
 from services.reader.codecs import REFUSED
 from services.reader.errors import ReaderError
 from services.reader.reader import ReaderConfig, ReplayReader
@@ -35,34 +35,6 @@ SERVICE_OPTIONS = {
     "workers": 2,  # handler threads; the reader is thread-safe (decode has its own pool)
     "queue_size": 64,  # requests waiting before `overloaded`
 }
-
-
-@message
-class OpenReq:
-    path: str  # a .zarr directory or .zarr.zip file, as seen by the reader's host
-
-
-@message
-class FramesReq:
-    dataset: str  # the id `open` returned (the buffer's real path; opened on first use)
-    episode: int
-    key: str  # a data/<key> name, e.g. "rgbm"
-    start: int = 0  # episode-relative frame index
-    stop: int | None = None  # exclusive; None = the episode's end
-    stride: int = 1
-    max_bytes: int | None = None  # a smaller cap than the service's max_chunk_bytes
-
-
-@message
-class ArraysReq:
-    dataset: str
-    episode: int
-    keys: list[str] | None = None  # None = every low-dim key
-
-
-@message
-class CloseReq:
-    dataset: str
 
 
 def _replies(fn: Callable[[Any], dict]) -> Callable[[Any], dict]:
@@ -105,14 +77,15 @@ def build_service(backend: str, options: dict) -> Service:
         workers=int(service_opts["workers"]),
         queue_size=int(service_opts["queue_size"]),
         versions={"zarr_reader": __version__, "numcodecs": numcodecs.__version__},
+        contract=CONTRACT,
     )
 
-    @svc.op("open", body=OpenReq, idempotent=True)
+    @svc.op("open")
     @_replies
     def open_buffer(req: OpenReq) -> dict:
         return reader.open(req.path)
 
-    @svc.op("frames", body=FramesReq, idempotent=True)
+    @svc.op("frames")
     @_replies
     def frames(req: FramesReq) -> dict:
         batch = reader.frames(
@@ -127,12 +100,12 @@ def build_service(backend: str, options: dict) -> Service:
             "batch": batch.batch,
         }
 
-    @svc.op("arrays", body=ArraysReq, idempotent=True)
+    @svc.op("arrays")
     @_replies
     def arrays(req: ArraysReq) -> dict:
         return {"arrays": reader.arrays(req.dataset, req.episode, req.keys)}
 
-    @svc.op("close", body=CloseReq, idempotent=True)
+    @svc.op("close")
     @_replies
     def close(req: CloseReq) -> dict:
         return {"closed": reader.close_dataset(req.dataset)}

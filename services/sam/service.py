@@ -14,6 +14,7 @@ which rejects keys it does not know.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 
@@ -21,9 +22,19 @@ import numpy as np
 
 from protocol.errors import BadRequest
 from protocol.masks import pack
-from protocol.schema import message
 from protocol.server import Service
 from services.sam import __version__
+from services.sam.api import (  # noqa: F401 (request structs re-exported for older imports)
+    CONTRACT,
+    AddPromptReq,
+    MasksReq,
+    ObjectReq,
+    PropagateReq,
+    PutFramesReq,
+    SegmentImageReq,
+    SessionReq,
+    StartSessionReq,
+)
 from services.sam.backends import BACKENDS, DIRECTIONS, create_backend
 from services.sam.sessions import SessionManager
 from services.sam.validation import check_box, check_points
@@ -38,69 +49,6 @@ SERVICE_OPTIONS = {
     "workers": 1,  # compute threads (sessions are locked individually; 1 suits a GPU model)
     "queue_size": 64,  # requests waiting before `overloaded`
 }
-
-
-@message
-class StartSessionReq:
-    height: int
-    width: int
-    n_frames: int
-    session: str | None = None
-
-
-@message
-class PutFramesReq:
-    session: str
-    start: int
-    frames: np.ndarray  # (n, H, W, 3) uint8 RGB
-
-
-@message
-class AddPromptReq:
-    session: str
-    frame: int
-    obj_id: int
-    points: list[list[float]] | None = None  # [[x, y], ...]
-    labels: list[int] | None = None  # 1 foreground, 0 background
-    rel: bool = False  # points/box in [0, 1] instead of pixels
-    box: list[float] | None = None  # [x0, y0, x1, y1]
-    mask: np.ndarray | None = None  # (H, W) bool or uint8
-    text: str | None = None
-
-
-@message
-class PropagateReq:
-    session: str
-    direction: str = "both"
-    start: int | None = None
-    max_frames: int | None = None
-
-
-@message
-class MasksReq:
-    session: str
-    start: int = 0
-    stop: int | None = None
-    obj_ids: list[int] | None = None
-
-
-@message
-class ObjectReq:
-    session: str
-    obj_id: int
-
-
-@message
-class SessionReq:
-    session: str
-
-
-@message
-class SegmentImageReq:
-    image: np.ndarray  # (H, W, 3) uint8 RGB
-    boxes: list[list[float]] | None = None  # [[x0, y0, x1, y1], ...]
-    points: list[list[float]] | None = None
-    labels: list[int] | None = None
 
 
 def _split_options(options: dict) -> tuple[dict, dict]:
@@ -136,18 +84,19 @@ def build_service(backend: str, options: dict) -> Service:
         },
         workers=int(opts["workers"]),
         queue_size=int(opts["queue_size"]),
+        contract=CONTRACT,
     )
     log.info("sam options: %s; backend %s options: %s", opts, backend, backend_opts)
 
-    @svc.op("start_session", body=StartSessionReq, idempotent=False)
+    @svc.op("start_session")
     def start_session(req: StartSessionReq) -> dict:
         return {"session": mgr.start(req.height, req.width, req.n_frames, req.session)}
 
-    @svc.op("put_frames", body=PutFramesReq)
+    @svc.op("put_frames")
     def put_frames(req: PutFramesReq) -> dict:
         return {"received": mgr.put_frames(req.session, req.start, req.frames)}
 
-    @svc.op("add_prompt", body=AddPromptReq, idempotent=False)  # clicks accumulate
+    @svc.op("add_prompt")  # clicks accumulate
     def add_prompt(req: AddPromptReq) -> dict:
         frame, ids, stack = mgr.add_prompt(
             req.session, req.frame, req.obj_id, req.points, req.labels, req.rel, req.box,
@@ -156,12 +105,17 @@ def build_service(backend: str, options: dict) -> Service:
         w = stack.shape[-1]
         return {"frame": frame, "obj_ids": ids, "masks": pack(stack), "width": w}
 
-    @svc.op("propagate", body=PropagateReq)  # deterministic recompute: safe to retry
-    def propagate(req: PropagateReq) -> dict:
-        n, ids = mgr.propagate(req.session, req.direction, req.start, req.max_frames)
+    # SessionManager.propagate(on_progress=) is added by the session layer's owner; until it
+    # is there, a propagate reports progress only when it starts (liveness: protocol/README.md)
+    reports = "on_progress" in inspect.signature(mgr.propagate).parameters
+
+    @svc.op("propagate")  # long-running, reports frames done; deterministic: safe to re-send
+    def propagate(req: PropagateReq, progress) -> dict:
+        kw = {"on_progress": progress} if reports else {}
+        n, ids = mgr.propagate(req.session, req.direction, req.start, req.max_frames, **kw)
         return {"frames": n, "obj_ids": ids}
 
-    @svc.op("masks", body=MasksReq)
+    @svc.op("masks")
     def masks(req: MasksReq) -> dict:
         ids, start, stop, packed = mgr.masks(
             req.session, req.start, req.stop, req.obj_ids, max_bytes=max_chunk
@@ -169,20 +123,20 @@ def build_service(backend: str, options: dict) -> Service:
         width = mgr.get(req.session).width
         return {"obj_ids": ids, "start": start, "stop": stop, "masks": packed, "width": width}
 
-    @svc.op("remove_object", body=ObjectReq, idempotent=False)
+    @svc.op("remove_object")
     def remove_object(req: ObjectReq) -> dict:
         return {"obj_ids": mgr.remove_object(req.session, req.obj_id)}
 
-    @svc.op("reset_session", body=SessionReq)
+    @svc.op("reset_session")
     def reset_session(req: SessionReq) -> dict:
         mgr.reset(req.session)
         return {}
 
-    @svc.op("close_session", body=SessionReq)
+    @svc.op("close_session")
     def close_session(req: SessionReq) -> dict:
         return {"closed": mgr.close(req.session)}
 
-    @svc.op("segment_image", body=SegmentImageReq)
+    @svc.op("segment_image")
     def segment_image(req: SegmentImageReq) -> dict:
         img = req.image
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:

@@ -4,7 +4,7 @@ Usage:
     python -m services.vlm --backend prompts --option prompts_file=configs/prompts/demo.yaml
     python -m services.vlm --backend openai --option base_url=http://gpu-host:8000/v1
 
-    c = Client("tcp://127.0.0.1:5553")
+    c = Client("tcp://127.0.0.1:5553", contract=VLM)     # from services.vlm.api
     c.call("bbox", {"image": rgb, "description": "the green cup"})   # rgb (H, W, 3) uint8
     # -> {box: [x0, y0, x1, y1] (original pixels, float), label, description, raw, ...}
     c.call("point", {"image": rgb, "description": "the green cup"})
@@ -19,11 +19,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from protocol.errors import ServiceError
-from protocol.schema import describe, message
+from protocol.schema import describe
 from protocol.server import Service
+from services.vlm.api import CONTRACT, BboxReq, PlanReq, PointReq
 
 from . import __version__
 from .backends import BACKENDS, DEFAULT_BACKEND, VlmBackend, make_backend
@@ -33,30 +32,6 @@ from .prompts import TASKS
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 64  # requests waiting beyond the workers before `overloaded`
-
-
-@message
-class BboxReq:
-    image: np.ndarray  # (H, W, 3) uint8 RGB
-    description: str  # the object, e.g. "the green cup on the right"
-    episode: int | None = None  # prompts backend: which episode's entry
-    frame: int | None = None  # prompts backend: which frame the image is
-
-
-@message
-class PointReq:
-    image: np.ndarray  # (H, W, 3) uint8 RGB
-    description: str  # the object, e.g. "the green cup on the right"
-    episode: int | None = None  # prompts backend: which episode's entry
-    frame: int | None = None  # prompts backend: which frame the image is
-
-
-@message
-class PlanReq:
-    task: str  # one of prompts.TASKS
-    image: np.ndarray | None = None  # (H, W, 3) uint8 RGB head-camera image
-    instruction: str | None = None  # the user prompt or the current grasp instruction
-    episode: int | None = None  # prompts backend: which episode's plan entry
 
 
 def _serve(fn: Callable[..., dict], *args: Any) -> dict:
@@ -91,18 +66,19 @@ def build_service(backend: str | None, options: dict | None) -> Service:
         },
         workers=be.concurrency,
         queue_size=QUEUE_SIZE,
+        contract=CONTRACT,
     )
 
-    @svc.op("bbox", body=BboxReq, idempotent=True)
+    @svc.op("bbox")
     def bbox(req: BboxReq) -> dict:
         # req.image is a read-only view of the received frame; backends only read it
         return _serve(be.bbox, req.image, req.description, req.episode, req.frame)
 
-    @svc.op("point", body=PointReq, idempotent=True)
+    @svc.op("point")
     def point(req: PointReq) -> dict:
         return _serve(be.point, req.image, req.description, req.episode, req.frame)
 
-    @svc.op("plan", body=PlanReq, idempotent=True)
+    @svc.op("plan")
     def plan(req: PlanReq) -> dict:
         return _serve(be.plan, req.task, req.image, req.instruction, req.episode)
 

@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 from protocol.client import Client, ServiceUnavailable
+from protocol.echo_api import CONTRACT as ECHO
 from protocol.wire import MAGIC, PREFIX, PROTOCOL_VERSION, decode, encode
 from tests.helpers import start_service
 
@@ -144,7 +145,7 @@ def test_message_over_max_msg_bytes_is_dropped_and_the_server_lives_on():
                        extra_args=["--max-msg-bytes", "65536"]) as svc:  # fmt: skip
         with pytest.raises(ServiceUnavailable):
             svc.client.call("echo", {"a": np.zeros(200_000, np.uint8)})  # libzmq drops the peer
-        c = Client(svc.endpoint, timeout=10)
+        c = Client(svc.endpoint, timeout=10, contract=ECHO)
         try:
             assert c.call("echo", {"a": np.ones(10_000, np.uint8)})["a"].sum() == 10_000
         finally:

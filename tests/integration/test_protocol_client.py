@@ -17,6 +17,7 @@ import zmq
 
 from protocol import client as client_module
 from protocol.client import Client, RemoteError, ServiceUnavailable
+from protocol.echo_api import CONTRACT as ECHO
 from protocol.wire import decode, encode
 from protocol.zio import recv_parts, send_parts
 from tests.helpers import ROOT, spawn_service, start_service, stop_process
@@ -32,7 +33,7 @@ def test_a_timeout_does_not_fail_or_resend_its_neighbours():
         c = svc.client
         t = time.monotonic()
         slow = c.submit("sleep", {"seconds": 0.8}, timeout=0.3)
-        count = c.submit("count", timeout=5.0, idempotent=False)
+        count = c.submit("count", timeout=5.0)
         echo = c.submit("echo", {"x": 1}, timeout=5.0)
         with pytest.raises(ServiceUnavailable, match="after 2 attempts"):
             slow.result()
@@ -67,7 +68,7 @@ def test_parked_requests_are_resent_while_another_future_is_awaited(two_workers_
     time.sleep(0.05)
     send_raw(raw, "sleep", 2, {"seconds": 0.01})  # waits: the queue of one is full
     time.sleep(0.05)
-    count = c.submit("count", idempotent=False)  # answered `overloaded`, parked
+    count = c.submit("count")  # answered `overloaded`, parked
     assert long.result() == {"slept": 1.2}  # only `long` is awaited ...
     assert count.overloads >= 1
     assert count.done() and count.result() == {"n": 1}  # ... `count` was resent meanwhile
@@ -78,8 +79,8 @@ def test_close_fails_parked_requests_and_sends_nothing_after(two_workers_queue_o
     for i in range(3):  # both workers busy, the queue full
         send_raw(raw, "sleep", i, {"seconds": 0.6})
         time.sleep(0.05)  # a worker takes it before the next arrives
-    c = Client(svc.endpoint, timeout=5.0)
-    fut = c.submit("count", idempotent=False)
+    c = Client(svc.endpoint, timeout=5.0, contract=ECHO)
+    fut = c.submit("count")
     c.ping()  # pumps the socket: the `overloaded` reply to `count` comes in before the pong
     assert fut.overloads >= 1 and not fut.done()
     c.close()
@@ -96,7 +97,7 @@ def test_calls_end_at_their_deadline_against_a_draining_service():
     raw = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(ep)
-    c = Client(ep, timeout=0.25, retries=1)
+    c = Client(ep, timeout=0.25, retries=1, contract=ECHO)
     try:
         send_raw(raw, "sleep", 1, {"seconds": 2.0})  # keeps the drain going
         time.sleep(0.2)
@@ -142,7 +143,7 @@ def serve_one(sock: zmq.Socket, reply: dict | None = None) -> tuple[list, dict]:
 
 def test_a_reply_with_an_unhashable_id_is_dropped(router, caplog):
     sock, ep = router
-    with Client(ep, timeout=5.0) as c:
+    with Client(ep, timeout=5.0, contract=ECHO) as c:
         fut = c.submit("echo", {"x": 1})
         env, head = serve_one(sock)
         send_parts(sock, [*env, *encode({"op": "echo", "id": [head["id"]], "ok": True})])
@@ -157,7 +158,7 @@ def test_the_first_overload_pause_is_the_one_the_readme_states(router):
     first_ms, last_ms = map(int, re.search(r"\((\d+) ms doubling to (\d+) ms\)", readme).groups())
     sock, ep = router
     busy = {"ok": False, "error": {"code": "overloaded", "message": "full", "retryable": True}}
-    with Client(ep, timeout=5.0) as c:
+    with Client(ep, timeout=5.0, contract=ECHO) as c:
         fut = c.submit("echo")
         serve_one(sock, busy)
         t0 = time.monotonic()  # the reply can only be read after this
@@ -176,7 +177,7 @@ def test_a_config_workers_value_equal_to_the_default_still_applies(tmp_path: Pat
                    "    backend: local\n    workers: 1\n    queue_size: 64\n")  # fmt: skip
     proc, ep, _ = spawn_service("exporter", backend="local", extra_args=["--config", str(cfg)])
     try:
-        with Client(ep, timeout=10.0) as c:
+        with Client(ep, timeout=10.0, contract=ECHO) as c:
             info = c.call("info")
         assert info["workers"] == 1 and info["queue_size"] == 64
     finally:

@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from protocol.client import Client, ServiceUnavailable
+from protocol.echo_api import CONTRACT as ECHO
 from protocol.wire import decode, encode
 from tests.helpers import spawn_service, start_service, stop_process
 
@@ -58,7 +59,7 @@ def test_server_stopped_and_restarted_while_the_client_retries():
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
     proc, _, _ = spawn_echo(ep)
-    c = Client(ep, timeout=0.6, retries=20)
+    c = Client(ep, timeout=0.6, retries=20, contract=ECHO)
     try:
         assert c.call("echo", {"n": 1}) == {"n": 1}
         proc.kill()  # no drain, no reply: the next request is lost with it
@@ -68,7 +69,7 @@ def test_server_stopped_and_restarted_while_the_client_retries():
         proc, _, _ = spawn_echo(ep)
         assert fut.result() == {"n": 2}
         assert fut.attempts >= 2  # it was retried on a fresh socket
-        assert c.call("count", {}, idempotent=False) == {"n": 1}  # a fresh server
+        assert c.call("count", {}) == {"n": 1}  # a fresh server
     finally:
         c.close()
         stop_process(proc)
@@ -79,7 +80,7 @@ def test_non_idempotent_op_is_not_retried_after_a_timeout():
         "echo", backend="echo", module="protocol.echo", timeout=0.3, retries=3
     ) as svc:
         with pytest.raises(ServiceUnavailable, match="not idempotent"):
-            svc.client.call("sleep", {"seconds": 0.6}, idempotent=False)
+            svc.client.call("count", {"seconds": 0.6})
         time.sleep(0.5)  # let the one sleep finish
         info = svc.client.call("info", timeout=5)
         assert info["requests_served"] == 1 and info["in_flight"] == 0  # the sleep, run once
@@ -87,11 +88,13 @@ def test_non_idempotent_op_is_not_retried_after_a_timeout():
 
 def test_replicas_share_work_and_fail_over_when_one_stops_answering():
     (p1, e1, _), (p2, e2, _) = spawn_echo(), spawn_echo()
-    c = Client([e1, e2], timeout=0.8, retries=3)
+    c = Client([e1, e2], timeout=0.8, retries=3, contract=ECHO)
     try:
         futs = [c.submit("echo", {"i": i, "a": np.full(2000, i, np.int32)}) for i in range(20)]
         assert [f.result()["i"] for f in futs] == list(range(20))
-        served = [Client(e, timeout=5).call("info")["requests_served"] for e in (e1, e2)]
+        served = [
+            Client(e, timeout=5, contract=ECHO).call("info")["requests_served"] for e in (e1, e2)
+        ]
         assert all(s >= 3 for s in served), served  # work spread over both replicas
         p1.kill()
         p1.wait()
@@ -153,12 +156,12 @@ def test_expired_deadline_is_answered_timeout_without_doing_the_work(busy_echo):
     assert got[2]["error"]["code"] == "timeout" and "work not done" in got[2]["error"]["message"]
     assert got[1]["ok"]
     assert svc.client.call("info")["count"] == 0  # the count op never ran
-    assert svc.client.call("count", {}, idempotent=False) == {"n": 1}  # it does run in time
+    assert svc.client.call("count", {}) == {"n": 1}  # it does run in time
 
 
 def test_per_call_timeout_raises_service_unavailable_after_the_retries(busy_echo):
     svc, _ = busy_echo
-    c = Client(svc.endpoint, timeout=10, retries=1)
+    c = Client(svc.endpoint, timeout=10, retries=1, contract=ECHO)
     try:
         t = time.monotonic()
         with pytest.raises(ServiceUnavailable, match="after 2 attempts"):

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from protocol.client import Client, RemoteError
+from protocol.echo_api import CONTRACT as ECHO
 from protocol.wire import PROTOCOL_VERSION, decode, encode
 from protocol.zio import recv_parts, send_parts
 from tests.helpers import start_service
@@ -52,7 +53,7 @@ def test_a_100mb_array_round_trips(echo):
 
 
 def test_pipelined_requests_all_answer_in_any_order(echo):
-    c = Client(echo.endpoint, timeout=20)
+    c = Client(echo.endpoint, timeout=20, contract=ECHO)
     try:
         futs = [c.submit("echo", {"i": i, "a": np.full(3000, i, np.int32)}) for i in range(40)]
         futs.insert(0, c.submit("sleep", {"seconds": 0.2}))
@@ -165,7 +166,7 @@ def test_a_crashing_handler_is_internal_and_the_service_lives_on(echo):
 
 
 def test_ping_is_answered_while_workers_are_busy(echo):
-    c = Client(echo.endpoint, timeout=20)
+    c = Client(echo.endpoint, timeout=20, contract=ECHO)
     try:
         slow = [c.submit("sleep", {"seconds": 1.0}) for _ in range(2)]  # both workers busy
         time.sleep(0.2)
@@ -201,7 +202,7 @@ def test_a_service_behind_a_broker_keeps_the_whole_envelope(echo):
         s.setsockopt(zmq.LINGER, 0)
     port = front.bind_to_random_port("tcp://127.0.0.1")
     back.connect(echo.endpoint)
-    with Client(f"tcp://127.0.0.1:{port}", timeout=10) as c:
+    with Client(f"tcp://127.0.0.1:{port}", timeout=10, contract=ECHO) as c:
         fut = c.submit("echo", {"via": "broker", "a": np.ones(5000, np.uint8)})
         for src, dst in ((front, back), (back, front)):  # one hop each way, by hand
             assert src.poll(10_000)

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from protocol.client import Client, ServiceUnavailable
+from protocol.echo_api import CONTRACT as ECHO
 from protocol.keys import generate
 from tests.helpers import ROOT, spawn_service, stop_process
 
@@ -35,7 +36,7 @@ def test_non_loopback_bind_with_insecure_serves():
                                   bind="tcp://0.0.0.0:0", extra_args=["--insecure"])  # fmt: skip
     try:
         port = ep.rsplit(":", 1)[1]
-        with Client(f"tcp://127.0.0.1:{port}", timeout=10) as c:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=10, contract=ECHO) as c:
             assert c.call("ping") == {"service": "echo"}
         assert "without CURVE (--insecure)" in log.read_text()
     finally:
@@ -87,7 +88,7 @@ def curve_service(tmp_path_factory):
 def test_curve_with_the_right_keys_works(curve_service):
     s = curve_service
     with Client(s["endpoint"], timeout=10, curve_server_key=s["server_key"],
-                curve_client_secret=s["client"]) as c:  # fmt: skip
+                curve_client_secret=s["client"], contract=ECHO) as c:  # fmt: skip
         assert c.call("ping") == {"service": "echo"}
         assert c.call("echo", {"secret": "plans"}) == {"secret": "plans"}
 
@@ -102,10 +103,10 @@ def test_curve_with_a_wrong_key_gets_no_service(curve_service, who):
         ),
         "no-curve": {},
     }[who]
-    with Client(s["endpoint"], timeout=0.5, retries=0, **kw) as c:
+    with Client(s["endpoint"], timeout=0.5, retries=0, **kw, contract=ECHO) as c:
         with pytest.raises(ServiceUnavailable):
             c.call("ping")
     assert s["proc"].poll() is None  # refused clients do not hurt the server
     with Client(s["endpoint"], timeout=10, curve_server_key=s["server_key"],
-                curve_client_secret=s["client"]) as c:  # fmt: skip
+                curve_client_secret=s["client"], contract=ECHO) as c:  # fmt: skip
         assert c.call("ping") == {"service": "echo"}

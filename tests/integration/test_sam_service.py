@@ -51,14 +51,11 @@ def test_info_reports_backend_and_sessions(svc):
 def test_video_session_end_to_end(svc, scene):
     frames, gt = scene
     c = svc.client
-    sid = c.call("start_session", {"height": H, "width": W, "n_frames": T}, idempotent=False)[
-        "session"
-    ]
+    sid = c.call("start_session", {"height": H, "width": W, "n_frames": T})["session"]
     futs = [c.submit("put_frames", {"session": sid, "start": s, "frames": frames[s : s + 10]})
             for s in range(0, T, 10)]  # chunks, pipelined  # fmt: skip
     assert sorted(f.result()["received"] for f in futs)[-1] == T
-    out = c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()},
-                 idempotent=False)  # fmt: skip
+    out = c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()})  # fmt: skip
     assert out["frame"] == 0 and out["obj_ids"] == [1] and out["width"] == W
     assert out["masks"].dtype == np.uint8 and out["masks"].shape == (1, H, (W + 7) // 8)
     assert iou(unpack(out["masks"], W)[0], gt[2, 0]) > 0.8
@@ -66,7 +63,7 @@ def test_video_session_end_to_end(svc, scene):
     ys, xs = np.nonzero(gt[0, 12])
     k = len(ys) // 2
     out = c.call("add_prompt", {"session": sid, "frame": 12, "obj_id": 2, "rel": True,
-                                "points": [[xs[k] / W, ys[k] / H]], "labels": [1]}, idempotent=False)  # fmt: skip
+                                "points": [[xs[k] / W, ys[k] / H]], "labels": [1]})  # fmt: skip
     assert out["obj_ids"] == [1, 2]
     prop = c.call("propagate", {"session": sid, "direction": "both"})
     assert prop == {"frames": T, "obj_ids": [1, 2]}
@@ -80,9 +77,7 @@ def test_video_session_end_to_end(svc, scene):
     masks = np.concatenate(got, axis=1)
     assert masks.shape == (2, T, H, W)
     assert np.mean([iou(masks[0, t], gt[2, t]) for t in range(T)]) > 0.85
-    assert c.call("remove_object", {"session": sid, "obj_id": 2}, idempotent=False) == {
-        "obj_ids": [1]
-    }
+    assert c.call("remove_object", {"session": sid, "obj_id": 2}) == {"obj_ids": [1]}
     assert c.call("reset_session", {"session": sid}) == {}
     assert c.call("close_session", {"session": sid}) == {"closed": True}
     assert c.call("close_session", {"session": sid}) == {"closed": False}
@@ -93,29 +88,23 @@ def test_errors_over_the_wire(svc, scene):
     c = svc.client
     e = code_of(lambda: c.call("masks", {"session": "gone"}))
     assert e.code == "not_found" and e.message == "Cannot find session gone; it might have expired"
-    sid = c.call("start_session", {"height": H, "width": W, "n_frames": T}, idempotent=False)[
-        "session"
-    ]
+    sid = c.call("start_session", {"height": H, "width": W, "n_frames": T})["session"]
     try:
         e = code_of(
             lambda: c.call("put_frames", {"session": sid, "start": 0, "frames": frames[:2, :, :-1]})
         )
         assert e.code == "bad_request" and "frames: expected shape (n, 96, 128, 3)" in e.message
         c.call("put_frames", {"session": sid, "start": 0, "frames": frames})
-        e = code_of(lambda: c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "text": "arm"},
-                                   idempotent=False))  # fmt: skip
+        e = code_of(lambda: c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "text": "arm"}))  # fmt: skip
         assert e.code == "unsupported" and "'text'" in e.message
         e = code_of(lambda: c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1,
-                                                  "points": [[500, 5]], "labels": [1]}, idempotent=False))  # fmt: skip
+                                                  "points": [[500, 5]], "labels": [1]}))  # fmt: skip
         assert e.code == "bad_request" and e.message.startswith("points: point 0")
-        e = code_of(lambda: c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "boxx": [1, 2, 3, 4]},
-                                   idempotent=False))  # fmt: skip
+        e = code_of(lambda: c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "boxx": [1, 2, 3, 4]}))  # fmt: skip
         assert e.code == "bad_request" and "boxx" in e.message
         e = code_of(lambda: c.call("propagate", {"session": sid}))
         assert e.code == "bad_request" and "add_prompt first" in e.message
-        other = c.call("start_session", {"height": H, "width": W, "n_frames": 2}, idempotent=False)[
-            "session"
-        ]
+        other = c.call("start_session", {"height": H, "width": W, "n_frames": 2})["session"]
         # the Client retries `overloaded` with backoff; a plain REQ socket sees the first reply
         req = zmq.Context.instance().socket(zmq.REQ)
         req.setsockopt(zmq.LINGER, 0)
@@ -144,9 +133,7 @@ def test_segment_image(svc, scene):
 
 def test_idle_session_expires(svc):
     c = svc.client
-    sid = c.call("start_session", {"height": H, "width": W, "n_frames": 4}, idempotent=False)[
-        "session"
-    ]
+    sid = c.call("start_session", {"height": H, "width": W, "n_frames": 4})["session"]
     assert sid in [s["session"] for s in c.call("info", {})["sessions"]]
     deadline = time.monotonic() + 10
     while sid in [s["session"] for s in c.call("info", {})["sessions"]]:

@@ -89,8 +89,7 @@ class Sam(Target):
 
     def prepare(self, c):
         frames = _episode(self.demo, "head_cam_img", 0)[:8, :48, :64]  # (8, 48, 64, 3) uint8
-        c.call("start_session", {"height": 48, "width": 64, "n_frames": 8, "session": "fz-real"},
-               idempotent=False)  # fmt: skip
+        c.call("start_session", {"height": 48, "width": 64, "n_frames": 8, "session": "fz-real"})  # fmt: skip
         c.call(
             "put_frames", {"session": "fz-real", "start": 0, "frames": np.ascontiguousarray(frames)}
         )
@@ -101,13 +100,9 @@ class Sam(Target):
         box = [94, 43, 116, 62]  # the red mug (demo prompts file, episode 0)
         seg = c.call("segment_image", {"image": rgb[0], "boxes": [box]})
         m0 = unpack(seg["masks"], seg["width"])  # (1, H, W) bool
-        sid = c.call(
-            "start_session", {"height": 120, "width": 160, "n_frames": 6}, idempotent=False
-        )["session"]
+        sid = c.call("start_session", {"height": 120, "width": 160, "n_frames": 6})["session"]
         c.call("put_frames", {"session": sid, "start": 0, "frames": rgb})
-        c.call(
-            "add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box}, idempotent=False
-        )
+        c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box})
         c.call("propagate", {"session": sid, "direction": "forward"})
         out = c.call("masks", {"session": sid, "start": 0, "stop": 6})
         assert c.call("close_session", {"session": sid})["closed"] is True

@@ -21,6 +21,7 @@ import pytest
 import zarr
 
 from protocol.client import Client
+from services.sam.api import CONTRACT as SAM
 from tests.reliability.mesh import Mesh, pipeline_yaml
 from tests.reliability.outputs import done_markers, tree_diff
 from tests.reliability.procs import spawn
@@ -37,18 +38,18 @@ BOX = [94, 43, 116, 62]  # the red mug in demo episode 0
 def _session_masks(c: Client, frames: np.ndarray, futures: list) -> bytes:
     """A whole SAM session, pipelined where the contract allows; returns the packed masks."""
 
-    def go(op: str, body: dict, idempotent: bool = True) -> dict:
-        f = c.submit(op, body, idempotent=idempotent)
+    def go(op: str, body: dict) -> dict:
+        f = c.submit(op, body)
         futures.append(f)
         return f.result()
 
     t, h, w, _ = frames.shape  # (T, H, W, 3) uint8
-    sid = go("start_session", {"height": h, "width": w, "n_frames": t}, False)["session"]
+    sid = go("start_session", {"height": h, "width": w, "n_frames": t})["session"]
     puts = [c.submit("put_frames", {"session": sid, "start": s, "frames": frames[s : s + 5]})
             for s in range(0, t, 5)]  # fmt: skip
     futures.extend(puts)
     assert max(f.result()["received"] for f in puts) == t
-    go("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": BOX}, False)
+    go("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": BOX})
     go("add_prompt", {"session": sid, "frame": 0, "obj_id": 2, "points": [[40, 100]],
                       "labels": [1]}, False)  # fmt: skip
     assert go("propagate", {"session": sid, "direction": "both"})["frames"] >= t
@@ -65,7 +66,7 @@ def test_eight_clients_pipelining_sessions_lose_nothing(demo_data: Path, tmp_pat
     frames = np.ascontiguousarray(g["data/head_cam_img"][:20])  # (20, 120, 160, 3) uint8
     sam = spawn("sam", cwd=tmp_path, extra_args=SMALL_QUEUE, options={"max_sessions": N_CLIENTS})
     try:
-        with Client(sam.endpoint, timeout=60) as c:
+        with Client(sam.endpoint, timeout=60, contract=SAM) as c:
             want = _session_masks(c, frames, [])
         results: dict[int, bytes] = {}
         futures: dict[int, list] = {i: [] for i in range(N_CLIENTS)}
@@ -73,7 +74,7 @@ def test_eight_clients_pipelining_sessions_lose_nothing(demo_data: Path, tmp_pat
 
         def worker(i: int) -> None:
             try:
-                with Client(sam.endpoint, timeout=60, retries=0) as c:
+                with Client(sam.endpoint, timeout=60, retries=0, contract=SAM) as c:
                     for _ in range(2):  # two sessions each, back to back
                         results[i] = _session_masks(c, frames, futures[i])
             except Exception as e:  # reported below with the client's number

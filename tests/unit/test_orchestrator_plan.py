@@ -12,7 +12,7 @@ from orchestrator.plan import (
     describe_plans,
     parse_episode_spec,
 )
-from services.vlm.prompts_file import parse_prompts
+from protocol.prompts_file import parse_prompts
 
 DS = DatasetInfo("/data/x.zarr", "/data/x.zarr", (10, 25, 40), "img", 48, 64,
                  {"episodes": [{"instruction": "the red mug"}, {"instruction": "a cup"}, {}]})  # fmt: skip

@@ -17,6 +17,8 @@ import pytest
 
 from protocol.client import Client
 from protocol.errors import ServiceUnavailable
+from services.exporter.api import CONTRACT as EXPORTER
+from services.sam.api import CONTRACT as SAM
 from tests.unit.test_orchestrator_scheduler import FakeMesh, run
 
 OUTPUTS = {"rgbm": "out/rgbm.zarr"}
@@ -51,7 +53,9 @@ def _propagates(m: FakeMesh, episode: int) -> int:
 def test_timed_out_propagate_is_sent_once_and_its_session_still_closes(fake):
     m = fake(delay_per_frame=0.08)  # propagate takes 0.64 s, longer than its 0.4 s timeout
     mesh = m.mesh()
-    mesh.sam = lambda ep: Client(ep, timeout=5, retries=2)  # would resend idempotent calls
+    mesh.sam = lambda ep: Client(
+        ep, timeout=5, retries=2, contract=SAM
+    )  # would resend idempotent calls
     sched, recs = run(m, 1, mesh=mesh, propagate_timeout_s=0.4, episode_retries=0)
     assert recs[0].result == "failed" and recs[0].attempts == 1
     sid = "orc-t1-e0-a1"
@@ -76,7 +80,7 @@ def test_ctrl_c_close_outlasts_a_running_propagate_without_waiting_for_it(fake):
     m = fake(delay_per_frame=0.45)  # one propagate of 3.6 s, still running at Ctrl-C
     mesh = m.mesh()
     _ExitingClient.gone.clear()
-    mesh.sam = lambda ep: _ExitingClient(ep, timeout=5, retries=0)
+    mesh.sam = lambda ep: _ExitingClient(ep, timeout=5, retries=0, contract=SAM)
     threading.Timer(0.5, _thread.interrupt_main).start()
     t0 = time.monotonic()
     try:
@@ -94,7 +98,9 @@ def test_ctrl_c_close_outlasts_a_running_propagate_without_waiting_for_it(fake):
 def test_slow_finish_is_waited_for_not_rerun(fake):
     m = fake(export_delay=0.8, export_workers=2)  # finish outlives the exporter timeout (0.5 s)
     mesh = m.mesh()
-    mesh.exporter = lambda: Client(m.endpoints["exporter"], timeout=0.5, retries=1)
+    mesh.exporter = lambda: Client(
+        m.endpoints["exporter"], timeout=0.5, retries=1, contract=EXPORTER
+    )
     sched, recs = run(m, 2, mesh=mesh)
     assert [r.result for r in recs.values()] == ["done", "done"]
     assert [r.attempts for r in recs.values()] == [1, 1]  # not re-run through SAM
@@ -124,7 +130,7 @@ def test_export_queue_drains_when_the_last_replica_leaves(fake):
     m = fake(export_delay=1.0)  # episodes 0 and 1 wait for the exporter while 2 kills SAM
     m.die_on_propagate.add(2)
     mesh = m.mesh()
-    mesh.sam = lambda ep: Client(ep, timeout=0.2, retries=0)
+    mesh.sam = lambda ep: Client(ep, timeout=0.2, retries=0, contract=SAM)
     sched, recs = run(m, 3, mesh=mesh, replica_down_s=0.3)
     assert [r.result for r in recs.values()] == ["done", "done", "failed"]
     assert "no SAM replica answers" in recs[2].error

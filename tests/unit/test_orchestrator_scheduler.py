@@ -19,6 +19,9 @@ from protocol.client import Client
 from protocol.errors import BadRequest, Internal, NotFound, ServiceError
 from protocol.masks import pack
 from protocol.server import Service
+from services.exporter.api import CONTRACT as EXPORTER
+from services.reader.api import CONTRACT as READER
+from services.sam.api import CONTRACT as SAM
 
 H, W, T = 16, 24, 8  # frame size and frames per episode of the fake buffer
 CHUNK = 3  # frames per reader reply
@@ -79,9 +82,9 @@ class FakeMesh:
         return max(t for t, w, e, _ in self.events if w == what and e == episode)
 
     def _reader(self):
-        svc = Service("reader", workers=2)
+        svc = Service("reader", workers=2, contract=READER)
 
-        @svc.op("frames")
+        @svc.op("frames", raw=True)
         def frames(b: dict) -> dict:
             ep, start = b["episode"], b["start"]
             self.read_calls[ep] += 1
@@ -99,7 +102,7 @@ class FakeMesh:
         return svc, "reader"
 
     def _sam(self, name: str):
-        svc = Service("sam", workers=1)
+        svc = Service("sam", workers=1, contract=SAM)
         sessions: dict[str, dict] = {}
 
         def parse(sid: str) -> tuple[int, int]:  # orc-<run>-e<ep>-a<attempt>
@@ -111,7 +114,7 @@ class FakeMesh:
             if err is not None:
                 raise err
 
-        @svc.op("start_session", idempotent=False)
+        @svc.op("start_session", raw=True)
         def start(b: dict) -> dict:
             sessions[b["session"]] = {
                 "frames": np.zeros((b["n_frames"], b["height"], b["width"], 3), np.uint8)
@@ -119,14 +122,14 @@ class FakeMesh:
             self.started.append(b["session"])
             return {"session": b["session"]}
 
-        @svc.op("put_frames")
+        @svc.op("put_frames", raw=True)
         def put(b: dict) -> dict:
             s = sessions[b["session"]]
             s["frames"][b["start"] : b["start"] + len(b["frames"])] = b["frames"]
             self.log("put", parse(b["session"])[0], name)
             return {"received": len(s["frames"])}
 
-        @svc.op("add_prompt", idempotent=False)
+        @svc.op("add_prompt", raw=True)
         def add_prompt(b: dict) -> dict:
             return {
                 "frame": b["frame"],
@@ -135,8 +138,8 @@ class FakeMesh:
                 "width": W,
             }
 
-        @svc.op("propagate")
-        def propagate(b: dict) -> dict:
+        @svc.op("propagate", raw=True)
+        def propagate(b: dict, progress) -> dict:
             ep = parse(b["session"])[0]
             self.log("propagate_start", ep, name)
             injected("propagate", b["session"])
@@ -147,7 +150,7 @@ class FakeMesh:
             self.log("propagate_end", ep, name)
             return {"frames": T, "obj_ids": [1]}
 
-        @svc.op("masks")
+        @svc.op("masks", raw=True)
         def masks(b: dict) -> dict:
             s = sessions.get(b["session"])
             if s is None:
@@ -158,7 +161,7 @@ class FakeMesh:
             out = np.stack([m if oid == 1 else np.zeros_like(m) for oid in ids])  # (n_obj, n, H, W)
             return {"obj_ids": ids, "start": start, "stop": stop, "masks": pack(out), "width": W}
 
-        @svc.op("close_session")
+        @svc.op("close_session", raw=True)
         def close(b: dict) -> dict:
             self.closed.append(b["session"])
             return {"closed": sessions.pop(b["session"], None) is not None}
@@ -166,7 +169,7 @@ class FakeMesh:
         return svc, name
 
     def _exporter(self, workers: int):
-        svc = Service("exporter", workers=workers)
+        svc = Service("exporter", workers=workers, contract=EXPORTER)
         held: dict[int, np.ndarray] = {}
         finishing: set[int] = set()
         cv = threading.Condition()
@@ -176,11 +179,11 @@ class FakeMesh:
             self.exported[ep] = masks
             self.log("exported", ep)
 
-        @svc.op("open_export")
+        @svc.op("open_export", raw=True)
         def open_export(b: dict) -> dict:
             return {"export": "x1", "done": [], "n_episodes": 99}
 
-        @svc.op("put_masks")
+        @svc.op("put_masks", raw=True)
         def put_masks(b: dict) -> dict:
             if b["episode"] in self.exported:
                 raise BadRequest(f"episode: {b['episode']} is already exported (done)")
@@ -188,7 +191,7 @@ class FakeMesh:
             arr[:, b["start"] : b["start"] + b["masks"].shape[1]] = b["masks"]
             return {"received": T}
 
-        @svc.op("finish_episode")
+        @svc.op("finish_episode", raw=True)
         def finish(b: dict) -> dict:
             ep = b["episode"]
             with cv:
@@ -213,15 +216,15 @@ class FakeMesh:
                     cv.notify_all()
             return {"episode": ep, "outputs": outputs}
 
-        @svc.op("status")
+        @svc.op("status", raw=True)
         def status(b: dict) -> dict:
             return {"done": sorted(self.exported)}
 
-        @svc.op("discard_episode")
+        @svc.op("discard_episode", raw=True)
         def discard(b: dict) -> dict:
             return {"discarded": held.pop(b["episode"], None) is not None}
 
-        @svc.op("close_export")
+        @svc.op("close_export", raw=True)
         def close_export(b: dict) -> dict:
             return {}
 
@@ -234,10 +237,12 @@ class FakeMesh:
     def mesh(self) -> Mesh:
         sams = [self.endpoints[n] for n in sorted(self.endpoints) if n.startswith("sam")]
         return Mesh(
-            reader=lambda: Client(self.endpoints["reader"], timeout=5, retries=0),
+            reader=lambda: Client(self.endpoints["reader"], timeout=5, retries=0, contract=READER),
             sam_endpoints=sams,
-            sam=lambda ep: Client(ep, timeout=5, retries=0),
-            exporter=lambda: Client(self.endpoints["exporter"], timeout=5, retries=0),
+            sam=lambda ep: Client(ep, timeout=5, retries=0, contract=SAM),
+            exporter=lambda: Client(
+                self.endpoints["exporter"], timeout=5, retries=0, contract=EXPORTER
+            ),
         )
 
     def close(self) -> None:
@@ -384,7 +389,7 @@ def test_dead_replica_leaves_the_run_and_its_episode_is_retried(fake):
     m = fake(n_sam=1, delay_per_frame=0.05)  # the live replica is busy 0.4 s per episode,
     mesh = m.mesh()  # so the dead one surely takes an episode while it works
     mesh.sam_endpoints = [*mesh.sam_endpoints, "tcp://127.0.0.1:9"]  # nothing listens there
-    mesh.sam = lambda ep: Client(ep, timeout=0.5, retries=0)
+    mesh.sam = lambda ep: Client(ep, timeout=0.5, retries=0, contract=SAM)
     ds = DatasetInfo("/fake.zarr", "/fake.zarr", tuple(T * (i + 1) for i in range(3)), "img", H, W)
     cfg = parse_pipeline({"pipeline": "rgbm", "prompt": {"source": "text", "text": "mug"},
                           "run": {"progress": False, "backoff_s": 0.01, "replica_down_s": 0.3}})  # fmt: skip

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from services.vlm.prompts_file import PromptsFileError, load_prompts_file, parse_prompts
+from protocol.prompts_file import PromptsFileError, load_prompts_file, parse_prompts
 
 GOOD_YAML = """\
 version: 1

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocol.prompts_file import PromptsFile, PromptsFileError, load_prompts_file
+
 from ..errors import NotFoundError, OptionError, RequestError, UnsupportedError
 from ..prompts import TASKS, check_image
-from ..prompts_file import PromptsFile, PromptsFileError, load_prompts_file
 from . import parse_options
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,7 @@
-"""Prompts file (configs/prompts/*.yaml or .json): load and validate the whole schema, pure.
+"""Prompts file (configs/prompts/*.yaml or .json): the one owner of its schema; load and validate.
+
+Read by the orchestrator and the vlm prompts backend, written by the studio: all import this
+module (numpy-free, yaml only), none keeps its own copy of the schema.
 
 Usage:
     pf = load_prompts_file("configs/prompts/demo.yaml")
@@ -38,8 +41,8 @@ from typing import Any
 
 import yaml
 
-ROLES = ("target", "arm_left", "arm_right", "gripper_left", "gripper_right")
-COORDS = ("abs", "rel")
+from protocol.vocab import COORDS, ROLES
+
 PLAN_TASKS = (
     "classify_user_prompt",
     "decompose_user_prompt",
