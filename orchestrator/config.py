@@ -19,20 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocol.config import read_yaml
+from protocol.vocab import ARM_ROLES, OUTPUTS, Direction
 
 PIPELINES = ("rgbm", "arm_only")
-DIRECTIONS = ("forward", "backward", "both")
-OUTPUTS = (
-    "rgbm",
-    "arm_only",
-    "npz",
-    "preview",
-    "ytvis",
-    "sam3",
-    "grounding",
-)  # services/exporter/options.py
-ARM_ROLES = ("arm_left", "arm_right")
-GRIPPER_ROLES = ("gripper_left", "gripper_right")
 DEFAULT_OBJ_IDS = {"arm_left": 1, "arm_right": 2, "gripper_left": 3, "gripper_right": 4}
 
 
@@ -90,7 +79,7 @@ class PipelineConfig:
     pipeline: Literal["rgbm", "arm_only"]
     version: int = 1
     camera_key: str | None = None  # data/<key> (T, H, W, 3) uint8 RGB; None = the only such key
-    direction: Literal["forward", "backward", "both"] = "both"  # every propagate call
+    direction: Direction = "both"  # every propagate call (protocol.vocab.DIRECTIONS)
     outputs: tuple[str, ...] = ()  # exporter outputs; () = (pipeline,)
     export_options: dict = field(default_factory=dict)  # exporter open_export options
     prompts_file: str | None = None  # per-episode prompts (configs/prompts/*.yaml)

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.config import ARM_ROLES, DEFAULT_OBJ_IDS, GRIPPER_ROLES, PipelineConfig
+from orchestrator.config import DEFAULT_OBJ_IDS, PipelineConfig
 from protocol.prompts_file import EpisodePrompts, Prompt, PromptsFile, parse_prompts
+from protocol.vocab import ARM_ROLES, GRIPPER_ROLES
 
 MAX_ERRORS_SHOWN = 20
 

@@ -21,7 +21,7 @@ from orchestrator.config import PipelineConfig
 from orchestrator.plan import DatasetInfo
 from protocol.config import ServicesConfig
 from protocol.errors import RemoteError, ServiceUnavailable
-from services.vlm.prompts_file import PromptsFile, buffer_fingerprint
+from protocol.prompts_file import PromptsFile, buffer_fingerprint
 
 INFO_TIMEOUT_S = 10.0
 

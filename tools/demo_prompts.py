@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import yaml
 
-from services.vlm.prompts_file import buffer_fingerprint
+from protocol.prompts_file import buffer_fingerprint
 from tools.scene import LABEL_TARGET
 
 LABEL_ARM = {"left": 10, "right": 12}

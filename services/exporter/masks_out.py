@@ -19,12 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from protocol.vocab import ARM_ROLES, GRIPPER_ROLES
 from services.exporter.buffer import ZarrOut
 from services.exporter.episode import EpisodeJob, Writer
 from services.exporter.fsutil import commit_dir, commit_file, remove_quietly, tmp_path_for
 
-ARM_ROLES = ("arm_left", "arm_right")
-GRIPPER_ROLES = ("gripper_left", "gripper_right")
 FORMULA = "(arm_left | arm_right) & ~(gripper_left | gripper_right), then dilated"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: two runs give identical bytes
 

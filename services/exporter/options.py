@@ -14,10 +14,9 @@ from typing import Any
 
 import numcodecs
 
+from protocol.vocab import OUTPUTS, ROLES
 from services.exporter.errors import bad
 
-OUTPUTS = ("rgbm", "arm_only", "npz", "preview", "ytvis", "sam3", "grounding")
-ROLES = ("target", "arm_left", "arm_right", "gripper_left", "gripper_right")
 OPERATIONAL = ("fsync",)  # options that do not change what is written
 COMPRESSORS = ("blosc", "zstd", "zlib", "none")  # all lossless
 BLOSC_CNAMES = ("lz4", "lz4hc", "blosclz", "zstd", "zlib")

@@ -241,7 +241,7 @@ def test_abs_coordinates_that_look_relative_are_refused_with_the_fix():
 
 
 def test_buffer_entry_and_fingerprints():
-    from services.vlm.prompts_file import buffer_fingerprint, episode_fingerprint
+    from protocol.prompts_file import buffer_fingerprint, episode_fingerprint
 
     fp = buffer_fingerprint([10, 20], "head_cam_img", 96, 128)
     assert fp == buffer_fingerprint((10, 20), "head_cam_img", 96, 128) and len(fp) == 64

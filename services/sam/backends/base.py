@@ -40,8 +40,9 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from protocol.vocab import DIRECTIONS
+
 PROMPT_KINDS = frozenset({"points", "box", "mask", "text"})
-DIRECTIONS = ("forward", "backward", "both")
 
 
 class SamBackend(abc.ABC):
