@@ -71,8 +71,9 @@ def ask_vlm(samples: list[dict[str, Any]], endpoint: str, description: str | Non
             timeout: float) -> dict[str, str | None]:  # fmt: skip
     """Zero-shot answers from the vlm service's `point` op (description-based pointing)."""
     from protocol.client import Client
+    from services.vlm.api import CONTRACT
 
-    client = Client(endpoint, timeout=timeout)
+    client = Client(endpoint, timeout=timeout, contract=CONTRACT)
     out: dict[str, str | None] = {}
     try:
         for i, s in enumerate(samples):
