@@ -25,7 +25,7 @@ import zarr
 from orchestrator.claim import session_prefix
 from orchestrator.run import RunError, run_pipeline
 from protocol.client import Client
-from services.vlm.prompts_file import buffer_fingerprint
+from protocol.prompts_file import buffer_fingerprint
 from tests.helpers import ROOT
 from tests.integration.test_orchestrator_pipeline import local_mesh
 from tools.demo_data import DemoConfig, write_demo
