@@ -11,11 +11,15 @@ then, with the page cache warm and one untimed pass of each, alternates per roun
            (the reference); chunk-aligned slices (n = chunk length) are reported too
   service: `python -m services.reader` as a separate process, this process a client over
            tcp loopback, every episode streamed with pipelined `frames` requests
-The service's block cache is dropped (`close`) before each round. fps figures are the best
-round of each; ratio_median compares the medians.
+  zarr_decode: the same service with the option decode=zarr: zarr's store, metadata and
+           codec pipeline fill the same cached blocks (same cache, prefetch, threads)
+The services' block caches are dropped (`close`) before each round. fps figures are the best
+round of each; ratio_median compares the medians; zarr_decode_vs_native compares the two
+decode paths (>= 0.9 would let the reader drop its own store/metadata/codec layer).
 CPU ms/frame (service + client processes vs the direct reader) is printed too: on a busy
 machine it is steadier than frames/s. The last line printed is one JSON object with
-service_fps, direct_fps, ratio and the same figures prefixed jpegxl_ for the JpegXl buffer.
+service_fps, direct_fps, ratio, zarr_decode_* and the same figures prefixed jpegxl_ for the
+JpegXl buffer.
 """
 
 from __future__ import annotations
@@ -109,28 +113,33 @@ def verify(client: Client, path: str, key: str) -> None:
         raise SystemExit(f"service frames of {key} differ from zarr's")
 
 
-def compare(client: Client, pid: int, path: str, key: str, ends, chunk: int, args) -> dict:
+def compare(services: dict[str, tuple[Client, int]], path: str, key: str, ends, chunk: int,
+            args) -> dict:  # fmt: skip
+    """Alternating rounds of every service (native, zarr decode) and direct zarr reads."""
     warm(path)
-    verify(client, path, key)
-    service_fps(client, pid, path, key, args.depth)  # warm-up pass, not counted
+    for client, pid in services.values():
+        verify(client, path, key)
+        service_fps(client, pid, path, key, args.depth)  # warm-up pass, not counted
     direct_fps(path, key, ends, chunk)
-    runs: dict[str, list] = {"service": [], "direct": [], "direct_chunk": []}
+    runs: dict[str, list] = {k: [] for k in [*services, "direct", "direct_chunk"]}
     batch = chunk
     for r in range(args.rounds):
-        fps, cpu, batch = service_fps(client, pid, path, key, args.depth)
-        got = {"service": (fps, cpu), "direct": direct_fps(path, key, ends, batch),
-               "direct_chunk": direct_fps(path, key, ends, chunk)}  # fmt: skip
+        got = {}
+        for name, (client, pid) in services.items():
+            fps, cpu, batch = service_fps(client, pid, path, key, args.depth)
+            got[name] = (fps, cpu)
+        got.update(
+            direct=direct_fps(path, key, ends, batch),
+            direct_chunk=direct_fps(path, key, ends, chunk),
+        )
         for k, v in got.items():
             runs[k].append(v)
-        d, dc = got["direct"], got["direct_chunk"]
-        print(
-            f"  round {r}: service {fps:.0f} fps ({batch} frames/reply), direct {d[0]:.0f}, "
-            f"direct chunk-aligned {dc[0]:.0f}; CPU ms/frame service+client {cpu:.2f}, "
-            f"direct {d[1]:.2f}",
-            flush=True,
-        )
+        print(f"  round {r}: " + ", ".join(f"{k} {v[0]:.0f} fps {v[1]:.2f} CPU ms/frame"
+                                           for k, v in got.items()) + f" ({batch} frames/reply)",
+              flush=True)  # fmt: skip
     best = {k: max(v) for k, v in runs.items()}
     med = {k: float(np.median([x[0] for x in v])) for k, v in runs.items()}
+    cpu = {k: float(np.median([x[1] for x in v])) for k, v in runs.items()}
     return {
         "service_fps": round(best["service"][0], 1),
         "direct_fps": round(best["direct"][0], 1),  # zarr, same frames per call as a reply
@@ -138,8 +147,14 @@ def compare(client: Client, pid: int, path: str, key: str, ends, chunk: int, arg
         "ratio_median": round(med["service"] / med["direct"], 3),
         "direct_chunk_fps": round(best["direct_chunk"][0], 1),  # zarr, one chunk per call
         "ratio_vs_chunk": round(best["service"][0] / best["direct_chunk"][0], 3),
-        "service_cpu_ms_per_frame": round(float(np.median([x[1] for x in runs["service"]])), 3),
-        "direct_cpu_ms_per_frame": round(float(np.median([x[1] for x in runs["direct"]])), 3),
+        "service_cpu_ms_per_frame": round(cpu["service"], 3),
+        "direct_cpu_ms_per_frame": round(cpu["direct"], 3),
+        # the same service with decode=zarr (zarr's codec pipeline fills the cached blocks)
+        "zarr_decode_fps": round(best["zarr_decode"][0], 1),
+        "zarr_decode_vs_native": round(best["zarr_decode"][0] / best["service"][0], 3),
+        "zarr_decode_vs_native_median": round(med["zarr_decode"] / med["service"], 3),
+        "zarr_decode_cpu_ms_per_frame": round(cpu["zarr_decode"], 3),
+        "zarr_decode_cpu_vs_native": round(cpu["zarr_decode"] / cpu["service"], 3),
         "batch": batch,
     }
 
@@ -171,18 +186,20 @@ def main() -> None:
     print(f"wrote buffers in {time.perf_counter() - t0:.1f}s under {work}", flush=True)
     options = {"max_chunk_bytes": args.max_chunk_bytes, "threads": args.threads,
                "cache_bytes": 8 * args.max_chunk_bytes}  # fmt: skip
-    svc = start_service(options, work / "reader.log")
-    proc, client = svc.proc, Client(svc.endpoint, timeout=120.0, retries=0)
+    procs = {"service": start_service({**options, "decode": "native"}, work / "reader.log"),
+             "zarr_decode": start_service({**options, "decode": "zarr"}, work / "reader-zarr.log")}  # fmt: skip
+    services = {k: (Client(p.endpoint, timeout=120.0, retries=0), p.pid) for k, p in procs.items()}
     try:
         print(f"blosc lz4 (2,{h},{w},4) chunks, {args.frames} frames:", flush=True)
-        res = compare(client, proc.pid, os.path.realpath(blosc), "rgbm", np.cumsum(lengths), 2,
-                      args)  # fmt: skip
+        res = compare(services, os.path.realpath(blosc), "rgbm", np.cumsum(lengths), 2, args)
         print(f"jpegxl (1,{h},{w},3) chunks, {args.jxl_frames} frames:", flush=True)
-        jres = compare(client, proc.pid, os.path.realpath(jxl), "camera0_rgb",
-                       np.cumsum(jxl_lengths), 1, args)  # fmt: skip
+        jres = compare(services, os.path.realpath(jxl), "camera0_rgb", np.cumsum(jxl_lengths), 1,
+                       args)  # fmt: skip
     finally:
-        client.close()
-        svc.stop(30)
+        for client, _ in services.values():
+            client.close()
+        for p in procs.values():
+            p.stop(30)
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     out = {**res, "frames": args.frames, "frame_shape": [h, w, 4], "threads": args.threads,

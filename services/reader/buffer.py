@@ -10,6 +10,8 @@ Layout (zarr format 2 or 3, a directory or a .zarr.zip)::
 
 ``plan_block(spec, first, stop)`` gives an empty ``(stop - first, *frame_shape)`` block and
 the tasks that decode its zarr chunks into it; the reader runs and caches these blocks.
+``decode="native"`` decodes each chunk with services/reader/codecs.py straight into the
+block; ``decode="zarr"`` fills each block with one zarr read (services/reader/zarrio.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import functools
 import itertools
 import logging
 import os
-import threading
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from services.reader.errors import (
 )
 from services.reader.meta import ArraySpec, group_attrs, list_arrays, node_kind, read_array
 from services.reader.store import Store, ZipStore, open_store
+from services.reader.zarrio import ZarrArrays
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class ReplayBuffer:
         attrs: dict[str, Any],
         episode_ends: np.ndarray,
         arrays: dict[str, ArraySpec],
+        decode: str = "native",
     ) -> None:
         self.path = path
         self.store = store
@@ -60,21 +63,21 @@ class ReplayBuffer:
         self.episode_ends = episode_ends  # (E,) int64
         self.episode_starts = np.concatenate([[0], episode_ends[:-1]]).astype(np.int64)  # (E,)
         self.arrays = arrays
-        self._zarr_lock = threading.Lock()
-        self._zarr_arrays: dict[str, Any] = {}
+        self.decode = decode
+        self.zarr = ZarrArrays(path, store.prefix if isinstance(store, ZipStore) else None)
 
     @classmethod
-    def open(cls, path: str) -> ReplayBuffer:
+    def open(cls, path: str, decode: str = "native") -> ReplayBuffer:
         """Open and validate; raises a ReaderError subclass naming the problem and the fix."""
         store = open_store(path)
         try:
-            return cls._open(path, store)
+            return cls._open(path, store, decode)
         except BaseException:
             store.close()
             raise
 
     @classmethod
-    def _open(cls, path: str, store: Store) -> ReplayBuffer:
+    def _open(cls, path: str, store: Store, decode: str) -> ReplayBuffer:
         if node_kind(store, "meta/episode_ends") is None:
             raise NotAReplayBuffer(
                 f"{path!r} is not a replay buffer: it has no meta/episode_ends array "
@@ -102,7 +105,7 @@ class ReplayBuffer:
         attrs = group_attrs(store, "", zarr_format)
         log.info("opened %s: %d episodes, %d frames, keys %s", path, len(episode_ends),
                  n_frames, sorted(arrays))  # fmt: skip
-        return cls(path, store, zarr_format, attrs, episode_ends, arrays)
+        return cls(path, store, zarr_format, attrs, episode_ends, arrays, decode)
 
     def same_layout(self, other: ReplayBuffer) -> bool:
         """True when ``other`` (a fresh open of the same path) has the same episodes and keys."""
@@ -157,6 +160,8 @@ class ReplayBuffer:
         of the array). Each task decodes its chunk straight into its rows of the block.
         """
         out = np.empty((stop - first, *spec.frame_shape), dtype=spec.native_dtype)
+        if self.decode == "zarr" or spec.needs_zarr:  # one zarr read fills the whole block
+            return out, [functools.partial(self._fill_zarr, spec, first, out)]
         c0 = spec.chunks[0]
         tasks = []
         for t in range(first // c0, -(-stop // c0)):
@@ -167,35 +172,25 @@ class ReplayBuffer:
     def _fill(self, spec: ArraySpec, t: int, dst: np.ndarray) -> None:
         """Decode time-chunk ``t`` (all chunks along the other axes) into ``dst``."""
         try:
-            if spec.needs_zarr:
-                dst[...] = self._zarr_rows(spec, t * spec.chunks[0], len(dst))
-            else:
-                _fill_time_chunk(self.store, spec, t, dst)
+            _fill_time_chunk(self.store, spec, t, dst)
         except (ValueError, RuntimeError) as e:
-            if isinstance(e, InvalidBuffer):
-                raise
-            raise InvalidBuffer(
-                f"{self.path!r}: cannot decode chunk {t} of {spec.path} ({spec.codec}): {e}"
-            ) from e
+            raise self._decode_error(spec, f"chunk {t}", e) from e
 
-    def _zarr_rows(self, spec: ArraySpec, start: int, n: int) -> np.ndarray:
-        """Layouts we do not decode ourselves (sharding): zarr's own slicing."""
-        with self._zarr_lock:
-            arr = self._zarr_arrays.get(spec.path)
-            if arr is None:
-                import zarr
+    def _fill_zarr(self, spec: ArraySpec, first: int, dst: np.ndarray) -> None:
+        try:
+            self.zarr.read_into(spec, first, dst)
+        except (ValueError, RuntimeError, TypeError, KeyError) as e:
+            raise self._decode_error(spec, f"frames {first}..{first + len(dst) - 1}", e) from e
 
-                if isinstance(self.store, ZipStore):
-                    zstore = zarr.storage.ZipStore(self.path, mode="r")
-                    path = self.store.prefix + spec.path
-                else:
-                    zstore = zarr.storage.LocalStore(self.path, read_only=True)
-                    path = spec.path
-                arr = zarr.open_array(zstore, path=path, mode="r")
-                self._zarr_arrays[spec.path] = arr
-        return np.asarray(arr[start : start + n])
+    def _decode_error(self, spec: ArraySpec, where: str, e: Exception) -> Exception:
+        if isinstance(e, InvalidBuffer):
+            return e
+        return InvalidBuffer(
+            f"{self.path!r}: cannot decode {where} of {spec.path} ({spec.codec}): {e}"
+        )
 
     def close(self) -> None:
+        self.zarr.close()
         self.store.close()
 
 

@@ -36,6 +36,7 @@ from services.reader.meta import ArraySpec
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+DECODERS = ("native", "zarr")  # the `decode` option: who fills the cached blocks
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,18 @@ class ReaderConfig:
     prefetch: bool = True  # decode the next batch of a sequential read in the background
     lowdim_max_frame_bytes: int = 1024  # (T,) / (T, D) keys, and smaller frames, are low-dim
     roots: tuple[str, ...] = ()  # if set, only paths under these directories may be opened
+    decode: str = "native"  # chunk decoding: "native" (services/reader/codecs.py) or "zarr"
 
     def __post_init__(self) -> None:
         for name in ("max_chunk_bytes", "cache_bytes", "threads", "lowdim_max_frame_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"reader option {name}={value!r}: must be a positive integer")
+        if self.decode not in DECODERS:
+            raise ValueError(
+                f"reader option decode={self.decode!r}: must be one of {list(DECODERS)} "
+                "(native: the reader's own chunk decoders; zarr: zarr's codec pipeline)"
+            )
         if self.cache_bytes < 2 * self.max_chunk_bytes:
             raise ValueError(
                 f"reader option cache_bytes={self.cache_bytes} must be >= 2 x max_chunk_bytes "
@@ -135,7 +142,7 @@ class ReplayReader:
             buf = self._buffers.get(path)
         if buf is not None and not reopen:
             return buf
-        fresh = ReplayBuffer.open(path)
+        fresh = ReplayBuffer.open(path, self.config.decode)
         with self._lock:
             old = self._buffers.get(path)
             if old is not None and old.same_layout(fresh):

@@ -206,6 +206,7 @@ def test_roots_restrict_what_can_be_opened(tmp_path, dp):
             {"max_chunk_bytes": 8 << 20, "cache_bytes": 1 << 20},
             "cache_bytes=1048576 must be >= 2 x",
         ),
+        ({"decode": "numcodecs"}, r"decode='numcodecs': must be one of \['native', 'zarr'\]"),
     ],
 )
 def test_config_rejects_bad_options(options, match):

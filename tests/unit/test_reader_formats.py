@@ -1,6 +1,6 @@
 """Reader library: the buffers robot-learning people have, read back byte for byte.
 
-Run: python3 -m pytest tests/unit/test_reader_formats.py -q
+Run: python3 -m pytest tests/unit/test_reader_formats.py -q  (each test with decode=native and zarr)
 Buffers are written in tmp_path with zarr (format 2 the way zarr 2.x / diffusion_policy
 write them, format 3, ZipStore as UMI ships them) and numcodecs / imagecodecs codecs.
 """
@@ -33,9 +33,11 @@ LENGTHS = [7, 12, 5]  # episodes; T = 24
 ENDS = np.cumsum(LENGTHS)
 
 
-@pytest.fixture
-def reader():
-    r = ReplayReader(ReaderConfig(max_chunk_bytes=16 << 10, cache_bytes=1 << 20, threads=2))
+@pytest.fixture(params=["native", "zarr"])
+def reader(request):
+    """Both decode paths (the reader's own decoders, zarr's pipeline) must read every format."""
+    r = ReplayReader(ReaderConfig(max_chunk_bytes=16 << 10, cache_bytes=1 << 20, threads=2,
+                                  decode=request.param))  # fmt: skip
     yield r
     r.close()
 
