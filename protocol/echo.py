@@ -1,8 +1,13 @@
 """An echo service: a real mesh service for protocol tests, benchmarks and other-language clients.
 
-Ops (contract: protocol/echo_api.py): echo (returns its body, arrays included), sleep
-{seconds}, work {seconds, steps} (long-running, reports progress), fail {code, message},
-typed {n: int, name: str, tags: list[str] | None} (schema validation), count (side effect).
+Usage:
+    python -m protocol.echo                                   # tcp://127.0.0.1:<free port>
+    python -m protocol.echo --bind tcp://127.0.0.1:5600 --option workers=2
+
+Ops (contract: protocol/echo_api.py; protocol/README.md "The echo service"): echo (returns
+its body, arrays included), sleep {seconds}, work {seconds, steps} (long-running, reports
+progress), fail {code, message}, typed {n: int, name: str, tags: list[str] | None, arr: array
+| None} (schema validation), count (not idempotent: a side effect).
 """
 
 from __future__ import annotations
@@ -65,4 +70,4 @@ def build(backend: str, options: dict) -> Service:
 
 
 if __name__ == "__main__":
-    service_main("echo", build)
+    service_main("echo", build, module="protocol.echo", default_backend="echo")

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 import zmq
 
-from .config import ConfigError, load_services
+from .config import ConfigError, load_services, services_config_path
 from .server import Service
 from .spawn import READY_PREFIX
 
@@ -35,11 +35,14 @@ def _parse_option(text: str) -> tuple[str, object]:
     return k.strip(), yaml.safe_load(v) if v else None
 
 
-def build_parser(name: str) -> argparse.ArgumentParser:
+def build_parser(name: str, module: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"python -m services.{name}", description=f"The {name} service."
+        prog=f"python -m {module or 'services.' + name}", description=f"The {name} service."
     )
-    p.add_argument("--config", help="services config (default: configs/services.yaml if it exists)")
+    p.add_argument(
+        "--config",
+        help="services config (default: $SERVICES_CONFIG, else configs/services.yaml if it exists)",
+    )
     p.add_argument(
         "--bind", help="address to bind, e.g. tcp://127.0.0.1:5552 (port 0 = any free port)"
     )
@@ -70,15 +73,22 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 
 
 def service_main(
-    name: str, build: Callable[[str, dict], Service], argv: list[str] | None = None
+    name: str,
+    build: Callable[[str, dict], Service],
+    argv: list[str] | None = None,
+    *,
+    module: str | None = None,
+    default_backend: str | None = None,
 ) -> None:
-    args = build_parser(name).parse_args(argv)
+    """Run a service from the command line. `module` names it in --help (default
+    services.NAME); `default_backend` is used when neither --backend nor a config names one."""
+    args = build_parser(name, module).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")  # fmt: skip
     cfg = None
-    cfg_path = args.config or (
-        "configs/services.yaml" if Path("configs/services.yaml").is_file() else None
-    )
+    cfg_path, origin = services_config_path(args.config)
+    if origin == "default" and not Path(cfg_path).is_file():
+        cfg_path = None
     try:
         if cfg_path:
             all_cfg = load_services(cfg_path)
@@ -88,7 +98,7 @@ def service_main(
     except ConfigError as e:
         log.error("%s", e)
         sys.exit(2)
-    backend = args.backend or (cfg.backend if cfg else None)
+    backend = args.backend or (cfg.backend if cfg else None) or default_backend
     if backend is None:
         log.error(
             "backend: not given; pass --backend NAME or a --config with services.%s.backend", name

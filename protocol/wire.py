@@ -214,11 +214,13 @@ def decode(frames: list) -> dict:
             f"prefix: wrong magic {bytes(magic)!r}, expected {MAGIC!r} (not a mesh message)"
         )
     if version != PROTOCOL_VERSION:
-        raise WireError(
+        err = WireError(
             f"prefix: protocol version {version}, this peer speaks {PROTOCOL_VERSION}; "
             f"upgrade the older side",
             code=VERSION_MISMATCH,
         )
+        err.msg_id, err.op = _peek_id(f0, hlen, n0)  # the reply keeps the request's id
+        raise err
     if hlen != n0 - PREFIX_SIZE:
         raise WireError(
             f"prefix: declared header length {hlen} but frame 0 carries {n0 - PREFIX_SIZE} bytes"
@@ -249,6 +251,23 @@ def decode(frames: list) -> dict:
         e.msg_id, e.op = head.get("id"), head.get("op")
         raise
     return head
+
+
+def _peek_id(f0: memoryview, hlen: int, n0: int) -> tuple[Any, Any]:
+    """(id, op) of a header in another protocol version, when it is a readable msgpack map."""
+    if hlen != n0 - PREFIX_SIZE or hlen > MAX_HEADER_BYTES:
+        return None, None
+    lim = min(hlen, 1 << 20)
+    try:
+        head = msgpack.unpackb(f0[PREFIX_SIZE:], raw=False, strict_map_key=False,
+                               ext_hook=lambda code, data: None, max_str_len=hlen,
+                               max_bin_len=hlen, max_array_len=lim, max_map_len=lim)  # fmt: skip
+    except Exception:  # noqa: BLE001 - best effort: the version error is what matters
+        return None, None
+    if type(head) is not dict:
+        return None, None
+    msg_id, op = head.get("id"), head.get("op")
+    return (msg_id if type(msg_id) is int else None), (op if isinstance(op, str) else None)
 
 
 def _decode_arrays(table: Any, frames: list) -> list:
