@@ -7,7 +7,8 @@
 #   make restart SERVICES=sam     stop and start services (all when SERVICES is empty)
 #   make up SERVICES="sam vlm"    start a subset (e.g. on a GPU host); BIND=tcp://0.0.0.0:5552
 #   make env SERVICE=sam BACKEND=sam2    build a heavy environment on request
-#   make bench-protocol | bench-reader | bench-sam | bench-pipeline | bench-vos
+#   make bench-protocol | bench-reader | bench-sam | bench-pipeline | bench-vos | bench-studio
+#   make up, then open http://127.0.0.1:8555/ : the studio (services/studio/README.md)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +23,8 @@ DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
 .PHONY: help env cli-env test-env up restart down status logs demo demo-data test test-fast test-sam2 test-sam3 \
-        test-reliability bench-protocol bench-reader bench-sam bench-pipeline bench-vos lint clean
+        test-reliability bench-protocol bench-reader bench-sam bench-pipeline bench-vos bench-studio \
+        studio-data lint clean
 
 help:
 	@awk '/^#/ { sub(/^# ?/, ""); print; next } { exit }' Makefile
@@ -39,7 +41,7 @@ env: cli-env
 	@$(CLI_PY) -m tools.launch env $(SERVICE) $(BACKEND)
 
 # -- services -----------------------------------------------------------------------------
-up: cli-env
+up: cli-env studio-data
 	@$(CLI_PY) -m tools.launch up
 
 restart: cli-env
@@ -57,6 +59,10 @@ logs: cli-env
 # -- demo -----------------------------------------------------------------------------------
 demo-data: cli-env
 	@$(CLI_PY) -m tools.demo_data --out $(DEMO_DATA) --seed 0
+
+# the studio's default project is the demo buffer: make it once when missing
+studio-data: cli-env
+	@test -d $(DEMO_DATA)/demo.zarr || $(CLI_PY) -m tools.demo_data --out $(DEMO_DATA) --seed 0
 
 demo: cli-env
 	@$(CLI_PY) -m tools.demo --data $(DEMO_DATA) --out $(DEMO_OUT)
@@ -99,6 +105,9 @@ DAVIS ?= ../shared/data/davis2016-dev
 VOS_ARGS ?=
 bench-vos: test-env
 	$(TEST_PY) -m bench.bench_vos --davis $(DAVIS) $(VOS_ARGS)
+
+bench-studio: test-env
+	$(TEST_PY) -m bench.bench_studio
 
 clean:
 	rm -rf .run out data/demo .pytest_cache

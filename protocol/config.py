@@ -23,7 +23,7 @@ import yaml
 from . import security
 from .server import DEFAULT_MAX_MSG_BYTES
 
-KNOWN_SERVICES = ("reader", "sam", "vlm", "exporter")
+KNOWN_SERVICES = ("reader", "sam", "vlm", "exporter", "studio")
 DEFAULT_SERVICES_CONFIG = "configs/services.yaml"
 SERVICES_CONFIG_ENV = "SERVICES_CONFIG"
 

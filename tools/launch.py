@@ -316,6 +316,8 @@ def up(config: str, services: list[str] | None, bind: str | None, python: str | 
             failed = True
             continue
         say(f"{tag}: ready at {connect}")
+        if info.get("url"):  # the studio's page
+            say(f"{tag}: open {info['url']} in a browser")
     if failed:
         return 1
     say(f"up: {len(started)} started, {len(kept)} kept running")

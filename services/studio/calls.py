@@ -1,0 +1,198 @@
+"""Every request the studio sends to reader, sam and exporter, built in this one place.
+
+Usage:
+    mesh = Mesh.from_config("configs/services.yaml")
+    info = mesh.call("reader", *calls.reader_open("/data/demo.zarr"))
+
+Each helper returns (op, body, idempotent). The services' contract modules
+(services/<name>/api.py) replace these builders once they exist on main; until then the
+field names follow each service's README.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from protocol.config import ServicesConfig, load_services
+from protocol.errors import RemoteError, ServiceUnavailable
+
+Call = tuple[str, dict, bool]
+
+
+# -- reader ----------------------------------------------------------------------------------
+def reader_open(path: str) -> Call:
+    return "open", {"path": path}, True
+
+
+def reader_frames(dataset: str, episode: int, key: str, start: int, stop: int | None) -> Call:
+    return "frames", {"dataset": dataset, "episode": episode, "key": key,
+                      "start": start, "stop": stop}, True  # fmt: skip
+
+
+# -- sam -------------------------------------------------------------------------------------
+def sam_start(height: int, width: int, n_frames: int, session: str) -> Call:
+    return "start_session", {"height": height, "width": width, "n_frames": n_frames,
+                             "session": session}, False  # fmt: skip
+
+
+def sam_put_frames(session: str, start: int, frames: np.ndarray) -> Call:
+    return "put_frames", {"session": session, "start": start, "frames": frames}, True
+
+
+def sam_add_prompt(session: str, frame: int, obj_id: int, *, points=None, labels=None,
+                   box=None, text=None) -> Call:  # fmt: skip
+    body: dict[str, Any] = {"session": session, "frame": frame, "obj_id": obj_id}
+    if points is not None:
+        body["points"], body["labels"] = points, labels
+    if box is not None:
+        body["box"] = box
+    if text is not None:
+        body["text"] = text
+    return "add_prompt", body, False  # clicks accumulate: never resent blindly
+
+
+def sam_propagate(session: str, direction: str, bounded: bool, with_bounded: bool) -> Call:
+    body: dict[str, Any] = {"session": session, "direction": direction}
+    if with_bounded:  # only a sam that knows the field gets it (older ones refuse unknown keys)
+        body["bounded"] = bounded
+    return "propagate", body, True
+
+
+def sam_masks(session: str, start: int, stop: int | None, obj_ids: list[int] | None) -> Call:
+    return "masks", {"session": session, "start": start, "stop": stop, "obj_ids": obj_ids}, True
+
+
+def sam_progress(session: str) -> Call:
+    return "progress", {"session": session}, True
+
+
+def sam_drift(session: str) -> Call:
+    return "drift", {"session": session}, True
+
+
+def sam_remove_object(session: str, obj_id: int) -> Call:
+    return "remove_object", {"session": session, "obj_id": obj_id}, True
+
+
+def sam_close(session: str) -> Call:
+    return "close_session", {"session": session}, True
+
+
+# -- exporter --------------------------------------------------------------------------------
+def exporter_open(output: str, source: str, camera_key: str, outputs: list[str],
+                  options: dict) -> Call:  # fmt: skip
+    return "open_export", {"output": output, "source": source, "camera_key": camera_key,
+                           "outputs": outputs, "options": options}, True  # fmt: skip
+
+
+def exporter_put(export: str, episode: int, start: int, obj_ids: list[int],
+                 masks: np.ndarray, width: int) -> Call:  # fmt: skip
+    return "put_masks", {"export": export, "episode": episode, "start": start,
+                         "obj_ids": obj_ids, "masks": masks, "width": width}, True  # fmt: skip
+
+
+def exporter_finish(export: str, episode: int, roles: dict, meta: dict) -> Call:
+    return "finish_episode", {"export": export, "episode": episode, "roles": roles,
+                              "meta": meta}, True  # fmt: skip
+
+
+def exporter_discard(export: str, episode: int) -> Call:
+    return "discard_episode", {"export": export, "episode": episode}, True
+
+
+def exporter_status(output: str) -> Call:
+    return "status", {"output": output}, True
+
+
+class ServiceDown(Exception):
+    """A mesh service did not answer (HTTP 503); the page shows it and retries."""
+
+    def __init__(self, service: str, detail: str):
+        super().__init__(f"{service} service is down or not answering ({detail}); "
+                         f"start it with `make up` - the studio reconnects by itself")  # fmt: skip
+        self.service = service
+
+
+class Mesh:
+    """Pools of protocol.client.Client per service: a client is not thread-safe, so each call
+    borrows one (the HTTP server runs a thread per request) and gives it back."""
+
+    SERVICES = ("reader", "sam", "exporter")
+
+    def __init__(self, cfg: ServicesConfig):
+        missing = [s for s in self.SERVICES if s not in cfg.services]
+        if missing:
+            raise ValueError(f"{cfg.path}: services.{missing[0]}: missing; the studio needs "
+                             f"reader, sam and exporter endpoints")  # fmt: skip
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self._pool: dict[str, list] = {s: [] for s in self.SERVICES}
+        self._ops: dict[str, set[str]] = {}
+        self._fields: dict[str, dict[str, dict]] = {}
+
+    @classmethod
+    def from_config(cls, path: str) -> Mesh:
+        return cls(load_services(path))
+
+    @contextmanager
+    def borrow(self, service: str) -> Iterator[Any]:
+        with self._lock:
+            c = self._pool[service].pop() if self._pool[service] else None
+        if c is None:
+            c = self.cfg.services[service].client()
+        ok = False
+        try:
+            yield c
+            ok = True
+        except RemoteError:  # an error reply: the client itself is fine
+            ok = True
+            raise
+        finally:
+            if ok:
+                with self._lock:
+                    self._pool[service].append(c)
+            else:  # a failed call may leave replies due on it: start the next one fresh
+                c.close()
+
+    def call(self, service: str, op: str, body: dict, idempotent: bool,
+             timeout: float | None = None) -> dict:  # fmt: skip
+        try:
+            with self.borrow(service) as c:
+                return c.call(op, body, idempotent=idempotent, timeout=timeout)
+        except ServiceUnavailable as e:
+            raise ServiceDown(service, str(e)) from None
+
+    def health(self, timeout: float = 0.5) -> dict[str, bool]:
+        out = {}
+        for s in self.SERVICES:
+            c = self.cfg.services[s].client(timeout=timeout, retries=0)
+            try:
+                info = c.call("info", timeout=timeout)
+                self._ops[s] = set(info.get("ops", {}))
+                self._fields[s] = {n: (o.get("body") or {}) for n, o in info["ops"].items()}
+                out[s] = True
+            except (ServiceUnavailable, RemoteError):
+                out[s] = False
+            finally:
+                c.close()
+        return out
+
+    def has_op(self, service: str, op: str, field: str | None = None) -> bool:
+        """Whether the running service offers `op` (and the request field `field`)."""
+        if service not in self._ops:
+            self.health()
+        if op not in self._ops.get(service, set()):
+            return False
+        return field is None or field in self._fields.get(service, {}).get(op, {})
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pool = self._pool, {s: [] for s in self.SERVICES}
+        for cl in pools.values():
+            for c in cl:
+                c.close()
