@@ -7,7 +7,7 @@ Usage:
         --option output=out/studio
 """
 
-from protocol.server import service_main
+from protocol.runner import service_main
 from services.studio.service import build_service
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ DIRECTIONS = ("forward", "backward", "both")
 KINDS = ("point", "box", "text")
 POLL_S = 0.25  # how often a running propagation is asked for progress and new masks
 MAX_TEXT = 200
+INTERACTIVE_S = 60.0  # timeout of one prompt (a propagation gets sam_timeout_s)
 
 
 class Busy(Exception):
@@ -166,7 +167,7 @@ class EpisodeWork:
             call = calls.sam_add_prompt(self.session, frame, obj_id, box=data["box"])
         else:
             call = calls.sam_add_prompt(self.session, frame, obj_id, text=data["text"])
-        out = self._sam(call)
+        out = self._sam(call, timeout=INTERACTIVE_S)
         self._store_frame(int(out["frame"]), out["obj_ids"], out["masks"])
         return out
 
@@ -184,6 +185,8 @@ class EpisodeWork:
         with self.lock:
             self._idle()
             self.ensure_ready()
+            if not self.p.mesh.alive("sam"):  # refuse before storing: no prompt sam never saw
+                raise calls.ServiceDown("sam", "no answer to ping")
             pid = self.p.store.add_prompt(self.ep, obj_id, frame, kind, data, who)
             try:
                 out = self._with_session(lambda: self._send_prompt(obj_id, frame, kind, data))

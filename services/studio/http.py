@@ -98,6 +98,13 @@ class Handler(BaseHTTPRequestHandler):
         limit = self.app.opts.max_body_bytes
         if int(n) > limit:
             self.close_connection = True
+            if int(n) <= 16 * limit:  # read it away so the client gets the reply, not EPIPE
+                left = int(n)
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
             raise HttpError(413, f"body: {n} bytes is too large; the studio accepts at most "
                                  f"{limit} bytes per request", "too_large")  # fmt: skip
         raw = self.rfile.read(int(n)) if int(n) else b""

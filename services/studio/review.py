@@ -41,18 +41,19 @@ CHUNK_BYTES = 8 << 20  # packed masks per put_masks
 
 
 def _schema_has(field: str) -> bool:
-    return field in getattr(schema.EpisodePrompts, "__dataclass_fields__", {})
+    """Whether the schema in use accepts the per-episode key `field` (round, approved, ...)."""
+    return field in getattr(schema, "_EPISODE_KEYS", ()) or field in getattr(
+        schema.EpisodePrompts, "__dataclass_fields__", {}
+    )
 
 
 def fingerprint(entry: dict) -> str:
-    """sha256 of the canonical JSON of one episode's prompts-file entry."""
-    fn = getattr(schema, "prompts_fingerprint", None) or getattr(schema, "fingerprint", None)
+    """The schema's fingerprint of one episode's entry (coords abs); bookkeeping keys excluded."""
+    fn = getattr(schema, "episode_fingerprint", None)
     if callable(fn):
-        try:
-            return str(fn(entry))
-        except Exception:  # a schema helper with another signature: fall back to the rule
-            pass
-    text = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return str(fn(entry, "abs"))
+    keep = {k: v for k, v in entry.items() if k not in ("round", "approved", "annotator")}
+    text = json.dumps({"coords": "abs", "entry": keep}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -113,7 +114,7 @@ class Review:
                 outputs = self._export(work, who, rnd, entry, version)
             full = dict(entry)
             full.update(round=rnd, approved=action == "approve", annotator=who)
-            fp = fingerprint(self._file_entry(full))
+            fp = fingerprint(full)
             rnd = self.p.store.save_round(ep, full, fp, ACTIONS[action], note, who)
             self.p.store.event(who, ep, action, {"round": rnd, "note": note})
         path = self.write_prompts_file()
@@ -160,9 +161,8 @@ class Review:
                 chunk = np.ascontiguousarray(packed[:, a : a + per])
                 mesh.call("exporter", *calls.exporter_put(export, work.ep, a, ids, chunk, work.w))
             meta = {"source": "studio", "approved": True, "round": rnd, "annotator": who,
-                    "prompts_fingerprint": fingerprint(self._file_entry(
-                        {**entry, "round": rnd, "approved": True, "annotator": who})),
-                    "masks_version": version,
+                    "prompts_fingerprint": fingerprint(entry),
+                    "prompts_round": rnd, "masks_version": version,
                     "masks_sha256": hashlib.sha256(packed.tobytes()).hexdigest()}  # fmt: skip
             out = mesh.call("exporter", *calls.exporter_finish(export, work.ep, roles, meta))
         except RemoteError as e:
@@ -184,7 +184,12 @@ class Review:
                 eps[int(ep)] = e
         if not eps:
             return None
-        doc = {"version": 1, "coords": "abs", "episodes": eps}
+        info = self.p.info()
+        doc = {"version": 1, "coords": "abs", "episodes": eps, "buffer": {
+            "fingerprint": schema.buffer_fingerprint(info["episode_ends"], info["camera_key"],
+                                                     info["height"], info["width"]),
+            "camera_key": info["camera_key"], "path": self.p.buffer,
+            "episodes": int(info["n_episodes"]), "size": [info["width"], info["height"]]}}  # fmt: skip
         schema.parse_prompts(doc, source=str(self.prompts_path))  # refuse before writing
         text = ("# Written by the studio (services/studio) for `python -m orchestrator run`:\n"
                 f"# buffer {self.p.buffer}; latest saved round per episode.\n")  # fmt: skip

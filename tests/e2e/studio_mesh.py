@@ -53,6 +53,7 @@ class StudioMesh:
     data: Path
     config: Path
     options: dict
+    services: dict = field(default_factory=dict)  # name -> RunningService (reader, sam, exporter)
     studio: subprocess.Popen | None = None
     url: str = ""
     log: Path | None = None
@@ -91,16 +92,18 @@ class StudioMesh:
 
 
 @contextlib.contextmanager
-def studio_mesh(tmp: Path, episodes: int = 2, frames: int = 40,
-                extra: dict | None = None) -> Iterator[StudioMesh]:  # fmt: skip
-    data = make_demo(tmp / "demo", episodes, frames)
+def studio_mesh(tmp: Path, episodes: int = 2, frames: int = 40, extra: dict | None = None,
+                data: Path | None = None) -> Iterator[StudioMesh]:  # fmt: skip
+    """The mesh on `data` (a tools.demo_data folder) or on fresh demo data of that size."""
+    data = Path(data).resolve() if data is not None else make_demo(tmp / "demo", episodes, frames)
     with contextlib.ExitStack() as stack:
-        eps = {}
+        eps, services = {}, {}
         for name, backend in (("reader", "zarr"), ("sam", "classical"), ("exporter", "local")):
             svc = stack.enter_context(
                 start_service(name, backend=backend, log_path=tmp / f"{name}.log")
             )
             eps[name] = (svc.endpoint, backend)
+            services[name] = svc
         cfg = {"version": 1, "run_dir": str(tmp / "run"), "services": {
             n: {"endpoints": [e], "backend": b, "timeout_s": 300} for n, (e, b) in eps.items()}}  # fmt: skip
         config = tmp / "services.yaml"
@@ -108,7 +111,7 @@ def studio_mesh(tmp: Path, episodes: int = 2, frames: int = 40,
         options = {"http": "127.0.0.1:0", "buffer": str(data / "demo.zarr"),
                    "pipeline": str(ROOT / "configs/pipelines/rgbm_demo.yaml"),
                    "output": str(tmp / "out"), "services_config": str(config), **(extra or {})}  # fmt: skip
-        m = StudioMesh(tmp, data, config, options)
+        m = StudioMesh(tmp, data, config, options, services)
         m.start_studio()
         try:
             yield m
