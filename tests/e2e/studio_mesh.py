@@ -73,7 +73,8 @@ class StudioMesh:
         if kill:
             self.studio.kill()
             self.studio.wait()
-            self.studio.stdout.close()
+            if self.studio.stdout:
+                self.studio.stdout.close()
         else:
             stop_process(self.studio)
         self.start_studio()
