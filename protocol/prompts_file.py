@@ -52,7 +52,8 @@ PLAN_TASKS = (
     "check_instruction_complete",
     "check_user_prompt_complete",
 )
-_EPISODE_KEYS = ("target", "objects", "refinements", "plan")
+_EPISODE_KEYS = ("target", "objects", "refinements", "plan", "round", "approved", "annotator")
+_CONTENT_KEYS = ("target", "objects", "refinements", "plan")  # what an entry must have one of
 _BUFFER_KEYS = ("fingerprint", "camera_key", "path", "episodes", "size")
 # per-episode keys that record who/when, not what is prompted: left out of episode_fingerprint
 BOOKKEEPING_KEYS = frozenset({"round", "approved", "annotator", "note", "status"})
@@ -136,6 +137,9 @@ class EpisodePrompts:
     refinements: tuple[Refinement, ...] = ()
     plan: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None  # episode_fingerprint() of the entry (None: not from a file)
+    round: int | None = None  # the studio's annotation round (0, 1, ...) these prompts come from
+    approved: bool = False  # a reviewer approved this round's masks in the studio
+    annotator: str | None = None  # who saved the round in the studio
 
 
 @dataclass(frozen=True)
@@ -400,8 +404,15 @@ def _episode_key(ctx: _Ctx, key: Any) -> int:
 def _episode(ctx: _Ctx, ep: int, entry: Any) -> EpisodePrompts:
     where = f"episodes.{ep}"
     d = ctx.mapping(entry, where, _EPISODE_KEYS)
-    if not d:
-        raise ctx.fail(where, f"empty entry; give at least one of {list(_EPISODE_KEYS)}")
+    if not any(d.get(k) is not None for k in _CONTENT_KEYS):
+        raise ctx.fail(where, f"empty entry; give at least one of {list(_CONTENT_KEYS)}")
+    rnd = ctx.nonneg_int(d["round"], f"{where}.round") if d.get("round") is not None else None
+    approved = d.get("approved", False)
+    if not isinstance(approved, bool):
+        raise ctx.fail(f"{where}.approved", f"must be true or false, got {approved!r}")
+    annotator = d.get("annotator")
+    if annotator is not None and not isinstance(annotator, str):
+        raise ctx.fail(f"{where}.annotator", f"must be a name (string), got {annotator!r}")
     target = None
     if d.get("target") is not None:
         t = ctx.mapping(d["target"], f"{where}.target", ("frame", "box", "description"), ("box",))
@@ -461,7 +472,8 @@ def _episode(ctx: _Ctx, ep: int, entry: Any) -> EpisodePrompts:
         pd = ctx.mapping(d["plan"], f"{where}.plan", PLAN_TASKS)
         plan = {task: _plan_answer(ctx, f"{where}.plan.{task}", task, v) for task, v in pd.items()}
     fp = episode_fingerprint(entry, ctx.coords)
-    return EpisodePrompts(ep, target, objects, tuple(refinements), plan, fingerprint=fp)
+    return EpisodePrompts(ep, target, objects, tuple(refinements), plan, fingerprint=fp,
+                          round=rnd, approved=approved, annotator=annotator)  # fmt: skip
 
 
 def _plan_answer(ctx: _Ctx, path: str, task: str, v: Any) -> Any:

@@ -4,9 +4,10 @@ Usage:
     mesh = Mesh.from_config("configs/services.yaml")
     info = mesh.call("reader", *calls.reader_open("/data/demo.zarr"))
 
-Each helper returns (op, body, idempotent). The services' contract modules
-(services/<name>/api.py) replace these builders once they exist on main; until then the
-field names follow each service's README.
+Each helper returns (op, body): the body is built and validated by the service's contract
+(services/<name>/api.py), and the client takes each op's idempotency from that contract. Ops
+and fields a contract does not list yet (sam's `progress`, `drift`, `propagate.bounded`) are
+sent only when the running service offers them (Mesh.has_op reads its `info`).
 """
 
 from __future__ import annotations
@@ -21,28 +22,42 @@ import numpy as np
 
 from protocol.config import ServicesConfig, load_services
 from protocol.errors import RemoteError, ServiceUnavailable
+from services.exporter.api import CONTRACT as EXPORTER
+from services.reader.api import CONTRACT as READER
+from services.sam.api import CONTRACT as SAM
 
-Call = tuple[str, dict, bool]
+Call = tuple[str, dict]
+
+
+def _req(contract, op: str, **body: Any) -> Call:
+    if op in contract.ops:
+        fields = getattr(contract.op(op).request, "__dataclass_fields__", {})
+        known = {k: v for k, v in body.items() if k in fields}
+        return op, {
+            **contract.request(op, **known),
+            **{k: v for k, v in body.items() if k not in fields},
+        }
+    return op, body  # an op this contract version does not list (the service says if it has it)
 
 
 # -- reader ----------------------------------------------------------------------------------
 def reader_open(path: str) -> Call:
-    return "open", {"path": path}, True
+    return _req(READER, "open", path=path)
 
 
 def reader_frames(dataset: str, episode: int, key: str, start: int, stop: int | None) -> Call:
-    return "frames", {"dataset": dataset, "episode": episode, "key": key,
-                      "start": start, "stop": stop}, True  # fmt: skip
+    return _req(READER, "frames", dataset=dataset, episode=episode, key=key, start=start, stop=stop)
 
 
 # -- sam -------------------------------------------------------------------------------------
 def sam_start(height: int, width: int, n_frames: int, session: str) -> Call:
-    return "start_session", {"height": height, "width": width, "n_frames": n_frames,
-                             "session": session}, False  # fmt: skip
+    return _req(
+        SAM, "start_session", height=height, width=width, n_frames=n_frames, session=session
+    )
 
 
 def sam_put_frames(session: str, start: int, frames: np.ndarray) -> Call:
-    return "put_frames", {"session": session, "start": start, "frames": frames}, True
+    return _req(SAM, "put_frames", session=session, start=start, frames=frames)
 
 
 def sam_add_prompt(session: str, frame: int, obj_id: int, *, points=None, labels=None,
@@ -54,60 +69,59 @@ def sam_add_prompt(session: str, frame: int, obj_id: int, *, points=None, labels
         body["box"] = box
     if text is not None:
         body["text"] = text
-    return "add_prompt", body, False  # clicks accumulate: never resent blindly
+    return _req(SAM, "add_prompt", **body)  # not idempotent: clicks accumulate
 
 
 def sam_propagate(session: str, direction: str, bounded: bool, with_bounded: bool) -> Call:
     body: dict[str, Any] = {"session": session, "direction": direction}
     if with_bounded:  # only a sam that knows the field gets it (older ones refuse unknown keys)
         body["bounded"] = bounded
-    return "propagate", body, True
+    return _req(SAM, "propagate", **body)
 
 
 def sam_masks(session: str, start: int, stop: int | None, obj_ids: list[int] | None) -> Call:
-    return "masks", {"session": session, "start": start, "stop": stop, "obj_ids": obj_ids}, True
+    return _req(SAM, "masks", session=session, start=start, stop=stop, obj_ids=obj_ids)
 
 
 def sam_progress(session: str) -> Call:
-    return "progress", {"session": session}, True
+    return _req(SAM, "progress", session=session)
 
 
 def sam_drift(session: str) -> Call:
-    return "drift", {"session": session}, True
+    return _req(SAM, "drift", session=session)
 
 
 def sam_remove_object(session: str, obj_id: int) -> Call:
-    return "remove_object", {"session": session, "obj_id": obj_id}, True
+    return _req(SAM, "remove_object", session=session, obj_id=obj_id)
 
 
 def sam_close(session: str) -> Call:
-    return "close_session", {"session": session}, True
+    return _req(SAM, "close_session", session=session)
 
 
 # -- exporter --------------------------------------------------------------------------------
 def exporter_open(output: str, source: str, camera_key: str, outputs: list[str],
                   options: dict) -> Call:  # fmt: skip
-    return "open_export", {"output": output, "source": source, "camera_key": camera_key,
-                           "outputs": outputs, "options": options}, True  # fmt: skip
+    return _req(EXPORTER, "open_export", output=output, source=source, camera_key=camera_key,
+                outputs=outputs, options=options)  # fmt: skip
 
 
 def exporter_put(export: str, episode: int, start: int, obj_ids: list[int],
                  masks: np.ndarray, width: int) -> Call:  # fmt: skip
-    return "put_masks", {"export": export, "episode": episode, "start": start,
-                         "obj_ids": obj_ids, "masks": masks, "width": width}, True  # fmt: skip
+    return _req(EXPORTER, "put_masks", export=export, episode=episode, start=start,
+                obj_ids=obj_ids, masks=masks, width=width)  # fmt: skip
 
 
 def exporter_finish(export: str, episode: int, roles: dict, meta: dict) -> Call:
-    return "finish_episode", {"export": export, "episode": episode, "roles": roles,
-                              "meta": meta}, True  # fmt: skip
+    return _req(EXPORTER, "finish_episode", export=export, episode=episode, roles=roles, meta=meta)
 
 
 def exporter_discard(export: str, episode: int) -> Call:
-    return "discard_episode", {"export": export, "episode": episode}, True
+    return _req(EXPORTER, "discard_episode", export=export, episode=episode)
 
 
 def exporter_status(output: str) -> Call:
-    return "status", {"output": output}, True
+    return _req(EXPORTER, "status", output=output)
 
 
 class ServiceDown(Exception):
@@ -177,15 +191,14 @@ class Mesh:
         self._alive[service] = (time.monotonic(), ok)
         return ok
 
-    def call(self, service: str, op: str, body: dict, idempotent: bool,
-             timeout: float | None = None) -> dict:  # fmt: skip
+    def call(self, service: str, op: str, body: dict, timeout: float | None = None) -> dict:
         """One request; ServiceDown at once when the service does not answer ping (a call to a
         dead endpoint would otherwise wait out its whole timeout)."""
         if not self.alive(service):
             raise ServiceDown(service, "no answer to ping")
         try:
             with self.borrow(service) as c:
-                return c.call(op, body, idempotent=idempotent, timeout=timeout)
+                return c.call(op, body, timeout=timeout)
         except ServiceUnavailable as e:
             self._alive[service] = (time.monotonic(), False)
             raise ServiceDown(service, str(e)) from None

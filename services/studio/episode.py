@@ -288,15 +288,15 @@ class EpisodeWork:
         mesh, t0 = self.p.mesh, time.monotonic()
         live = mesh.has_op("sam", "progress")
         with_bounded = mesh.has_op("sam", "propagate", "bounded")
-        op, body, idem = calls.sam_propagate(self.session, direction, bounded, with_bounded)
+        op, body = calls.sam_propagate(self.session, direction, bounded, with_bounded)
         self.progress = {"done": 0, "total": self.n, "direction": direction}
         yield {"type": "progress", **self.progress}
         with mesh.borrow("sam") as client:
-            fut = client.submit(op, body, idempotent=idem, timeout=self.p.opts.sam_timeout_s)
+            fut = client.submit(op, body, timeout=self.p.opts.sam_timeout_s)
             while live and not fut.done():
                 time.sleep(POLL_S)
                 try:  # on the same client: its result() pumps the propagate's reply too
-                    pr = client.call(*calls.sam_progress(self.session)[:2], timeout=5)
+                    pr = client.call(*calls.sam_progress(self.session), timeout=5)
                     self.progress = {"done": int(pr.get("done", 0)),
                                      "total": int(pr.get("total", 0)),
                                      "direction": pr.get("direction")}  # fmt: skip

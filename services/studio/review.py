@@ -6,8 +6,8 @@ Usage:
     rev.act("alice", episode=0, action="approve", note="ok", version=7)   # -> round, outputs
     rev.write_prompts_file()                                              # <state>/prompts.yaml
 
-The prompts file follows the one schema the orchestrator reads (protocol/prompts_file.py once
-it moves there; services/vlm/prompts_file.py before): every episode with a saved round gets its
+The prompts file follows the one schema the orchestrator reads (protocol/prompts_file.py):
+every episode with a saved round gets its
 latest round's prompts (`coords: abs`, pixels), and - when the schema has them - `round`,
 `approved`, `annotator`. The file is validated with that schema's parser before it is
 renamed into place, so the orchestrator never meets a file it cannot read.
@@ -25,14 +25,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from protocol import prompts_file as schema
 from protocol.errors import RemoteError
 from services.studio import calls
 from services.studio.project import BadInput, Project, ProjectError
-
-try:  # the schema's one owner (issue 13 moves it into protocol/)
-    from protocol import prompts_file as schema  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - until the move lands
-    from services.vlm import prompts_file as schema
 
 log = logging.getLogger(__name__)
 

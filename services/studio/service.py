@@ -14,20 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 
-from protocol.schema import message
 from protocol.server import Service
 from services.studio import __version__
+from services.studio.api import CONTRACT
 from services.studio.app import App
 from services.studio.http import make_server
 from services.studio.options import StudioOptions
 
 log = logging.getLogger(__name__)
 BACKENDS = ("http",)
-
-
-@message
-class StatusReq:
-    pass
 
 
 def build_service(backend: str, options: dict) -> Service:
@@ -52,11 +47,11 @@ def build_service(backend: str, options: dict) -> Service:
              opts.buffer, opts.pipeline, opts.output, opts.state_dir)  # fmt: skip
     print(f"STUDIO {url}", flush=True)
     svc = Service("studio", backend=backend, version=__version__,
-                  capabilities={"url": url, "http": True}, workers=1)  # fmt: skip
+                  capabilities={"url": url, "http": True}, workers=1, contract=CONTRACT)  # fmt: skip
 
-    @svc.op("status", body=StatusReq, idempotent=True)
-    def status(req: StatusReq) -> dict:
-        return {"url": url, "services": app.health(), **app.store.stats()["status"]}
+    @svc.op("status")
+    def status(req) -> dict:
+        return {"url": url, "services": app.health(), "episodes": app.store.stats()["status"]}
 
     svc.add_info(lambda: {"url": url, "annotators": app.store.n_annotators()})
 
