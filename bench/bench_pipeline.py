@@ -59,9 +59,9 @@ class DelayedClassicalBackend(ClassicalBackend):
         super().__init__(**classical_options)
         self.bench_delay_per_frame_s = float(bench_delay_per_frame_s)
 
-    def propagate(self, state, direction, start, max_frames):
+    def propagate(self, state, windows):
         due = time.perf_counter()
-        for t, masks in super().propagate(state, direction, start, max_frames):
+        for t, masks in super().propagate(state, windows):
             due += self.bench_delay_per_frame_s  # the benchmark knob: simulated GPU time
             pause = due - time.perf_counter()
             if pause > 0:

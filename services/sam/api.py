@@ -72,12 +72,17 @@ class PropagateReq:
     direction: Direction = "both"
     start: int | None = None
     max_frames: int | None = None
+    # recompute, per object, only the frames whose nearest keyframe (or its prompt) changed
+    # since that object's last propagation, up to the neighbouring keyframes, both ways
+    bounded: bool = False
 
 
 @message
 class PropagateReply:
-    frames: int
+    frames: int  # frames the call covered (bounded: the frames of its windows)
     obj_ids: list[int]
+    recomputed: int = 0  # distinct frames the backend segmented (a result stored)
+    spans: list[list[int]] | None = None  # [[obj_id, start, stop], ...] half-open, per object
 
 
 @message
@@ -95,6 +100,37 @@ class MasksReply:
     stop: int
     masks: np.ndarray  # (n_obj, stop - start, H, ceil(W/8)) uint8 packed
     width: int
+    computed: np.ndarray | None = None  # (n_obj, stop - start) bool: frames holding a result
+
+
+@message
+class ProgressReply:
+    propagating: bool
+    done: int  # frame steps finished (a frame both passes compute counts twice)
+    total: int
+    direction: str | None = None
+
+
+@message
+class DriftReq:
+    session: str
+    obj_ids: list[int] | None = None  # None: every object
+
+
+@message
+class DriftReply:
+    obj_ids: list[int]
+    scores: np.ndarray  # (n_obj, T) float32 in [0, 1], higher = more suspicious
+
+
+@message
+class CloseSessionsReq:
+    prefix: str  # at least 8 characters (e.g. the orchestrator's run_key)
+
+
+@message
+class CloseSessionsReply:
+    closed: list[str]  # ids of the sessions closed
 
 
 @message
@@ -146,10 +182,13 @@ CONTRACT = Contract(
         Op("put_frames", PutFramesReq, PutFramesReply, idempotent=True),
         Op("add_prompt", AddPromptReq, AddPromptReply, idempotent=False),
         Op("propagate", PropagateReq, PropagateReply, idempotent=False, long_running=True),
-        Op("masks", MasksReq, MasksReply, idempotent=True),
+        Op("masks", MasksReq, MasksReply, idempotent=True),  # never waits for a propagation
+        Op("progress", SessionReq, ProgressReply, idempotent=True),
+        Op("drift", DriftReq, DriftReply, idempotent=True),
         Op("remove_object", ObjectReq, ObjectsReply, idempotent=False),
         Op("reset_session", SessionReq, Empty, idempotent=True),
         Op("close_session", SessionReq, CloseSessionReply, idempotent=True),
+        Op("close_sessions", CloseSessionsReq, CloseSessionsReply, idempotent=True),
         Op("segment_image", SegmentImageReq, SegmentImageReply, idempotent=True),
     ],
 )

@@ -6,7 +6,8 @@ Usage:
     # in code: svc = build_service("classical", {"flow_scale": 0.5}); svc.serve(...)
 
 Ops (README.md has fields, shapes and dtypes): start_session, put_frames, add_prompt,
-propagate, masks, remove_object, reset_session, close_session, segment_image.
+propagate, masks, progress, drift, remove_object, reset_session, close_session,
+close_sessions, segment_image.
 Masks always travel bit-packed (protocol.masks): `masks` uint8 (..., H, ceil(W/8)) + `width`.
 Options: the service keys in SERVICE_OPTIONS below; every other key goes to the backend,
 which rejects keys it does not know.
@@ -14,7 +15,6 @@ which rejects keys it does not know.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 
@@ -27,6 +27,8 @@ from services.sam import __version__
 from services.sam.api import (  # noqa: F401 (request structs re-exported for older imports)
     CONTRACT,
     AddPromptReq,
+    CloseSessionsReq,
+    DriftReq,
     MasksReq,
     ObjectReq,
     PropagateReq,
@@ -46,7 +48,8 @@ SERVICE_OPTIONS = {
     "idle_timeout_s": 600.0,  # a session unused this long is closed and its memory freed
     "max_session_bytes": 16 << 30,  # largest frame store one session may allocate
     "max_chunk_bytes": 32 << 20,  # cap on one `masks` reply's packed array
-    "workers": 1,  # compute threads (sessions are locked individually; 1 suits a GPU model)
+    "workers": 4,  # request threads: masks, progress, drift answer while a propagation runs
+    "compute_slots": 1,  # prompts/propagations/segment_image at once (1 suits one GPU)
     "queue_size": 64,  # requests waiting before `overloaded`
 }
 
@@ -72,12 +75,16 @@ def build_service(backend: str, options: dict) -> Service:
         max_session_bytes=int(opts["max_session_bytes"]),
     )
     max_chunk = int(opts["max_chunk_bytes"])
+    if int(opts["compute_slots"]) < 1:
+        raise ValueError(f"compute_slots: must be >= 1, got {opts['compute_slots']}")
+    compute = threading.BoundedSemaphore(int(opts["compute_slots"]))  # model calls at once
     svc = Service(
         "sam",
         backend=backend,
         version=__version__,
         capabilities={
             "prompt_kinds": sorted(model.prompt_kinds),
+            "backend_capabilities": sorted(model.capabilities),
             "directions": list(DIRECTIONS),
             "backends": sorted(BACKENDS),
             "max_sessions": mgr.max_sessions,
@@ -98,30 +105,55 @@ def build_service(backend: str, options: dict) -> Service:
 
     @svc.op("add_prompt")  # clicks accumulate
     def add_prompt(req: AddPromptReq) -> dict:
-        frame, ids, stack = mgr.add_prompt(
-            req.session, req.frame, req.obj_id, req.points, req.labels, req.rel, req.box,
-            req.mask, req.text,
-        )  # fmt: skip
+        with compute:
+            frame, ids, stack = mgr.add_prompt(
+                req.session, req.frame, req.obj_id, req.points, req.labels, req.rel, req.box,
+                req.mask, req.text,
+            )  # fmt: skip
         w = stack.shape[-1]
         return {"frame": frame, "obj_ids": ids, "masks": pack(stack), "width": w}
 
-    # SessionManager.propagate(on_progress=) is added by the session layer's owner; until it
-    # is there, a propagate reports progress only when it starts (liveness: protocol/README.md)
-    reports = "on_progress" in inspect.signature(mgr.propagate).parameters
-
-    @svc.op("propagate")  # long-running, reports frames done; deterministic: safe to re-send
+    @svc.op("propagate")  # long-running: progress(done, total) after each frame
     def propagate(req: PropagateReq, progress) -> dict:
-        kw = {"on_progress": progress} if reports else {}
-        n, ids = mgr.propagate(req.session, req.direction, req.start, req.max_frames, **kw)
-        return {"frames": n, "obj_ids": ids}
+        with compute:
+            r = mgr.propagate(
+                req.session, req.direction, req.start, req.max_frames, req.bounded,
+                on_progress=progress,
+            )  # fmt: skip
+        return {
+            "frames": r.frames,
+            "obj_ids": r.obj_ids,
+            "recomputed": r.recomputed,
+            "spans": r.spans,
+        }
 
     @svc.op("masks")
     def masks(req: MasksReq) -> dict:
-        ids, start, stop, packed = mgr.masks(
+        ids, start, stop, packed, computed = mgr.read_masks(
             req.session, req.start, req.stop, req.obj_ids, max_bytes=max_chunk
         )
         width = mgr.get(req.session).width
-        return {"obj_ids": ids, "start": start, "stop": stop, "masks": packed, "width": width}
+        return {
+            "obj_ids": ids,
+            "start": start,
+            "stop": stop,
+            "masks": packed,
+            "width": width,
+            "computed": computed,
+        }
+
+    @svc.op("progress")  # answered without waiting for the propagation
+    def progress(req: SessionReq) -> dict:
+        return mgr.progress(req.session)
+
+    @svc.op("drift")
+    def drift(req: DriftReq) -> dict:
+        ids, scores = mgr.drift(req.session, req.obj_ids)
+        return {"obj_ids": ids, "scores": scores}
+
+    @svc.op("close_sessions")
+    def close_sessions(req: CloseSessionsReq) -> dict:
+        return {"closed": mgr.close_sessions(req.prefix)}
 
     @svc.op("remove_object")
     def remove_object(req: ObjectReq) -> dict:
@@ -147,13 +179,15 @@ def build_service(backend: str, options: dict) -> Service:
         kinds = (["box"] if req.boxes else []) + (["points"] if req.points is not None else [])
         if not kinds:
             raise BadRequest("segment_image: give boxes and/or points (+labels)")
+        mgr.check_capability("segment_image", "segment_image", "use backend sam2 or classical")
         mgr.check_kinds(kinds)
         pts, lab = check_points(req.points, req.labels, False, h, w)
         boxes = None
         if req.boxes:
             boxes = np.stack([check_box(b, False, h, w) for b in req.boxes])  # (n, 4)
         try:
-            out = model.segment_image(img, boxes, pts, lab)  # (n, H, W) bool
+            with compute:
+                out = model.segment_image(img, boxes, pts, lab)  # (n, H, W) bool
         except ValueError as e:
             raise BadRequest(str(e)) from None
         return {"masks": pack(out), "width": w}

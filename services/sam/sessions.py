@@ -6,9 +6,16 @@ Usage:
     sid = mgr.start(height=480, width=640, n_frames=100)
     mgr.put_frames(sid, 0, frames)                      # (n, 480, 640, 3) uint8 RGB, in chunks
     frame, ids, masks = mgr.add_prompt(sid, 0, 1, box=[10, 20, 200, 240])
-    n, ids = mgr.propagate(sid, "both")
+    res = mgr.propagate(sid, "both")                    # Propagated(frames, obj_ids, ...)
+    mgr.add_prompt(sid, 40, 1, points=[[90, 100]], labels=[1])   # a correction
+    res = mgr.propagate(sid, "both", bounded=True)      # only the frames it changes
     ids, start, stop, packed = mgr.masks(sid, 0, 100)  # (n_obj, n, H, ceil(W/8)) uint8
+    ids, start, stop, packed, computed = mgr.read_masks(sid, 0, 100)  # + (n_obj, n) bool
+    mgr.progress(sid), mgr.drift(sid)                   # answered during a propagation too
     mgr.close(sid)
+
+The session layer alone owns keyframes (Session.keyframes) and propagation windows
+(merge.plan_propagation); backends receive a base.Prompt and the planned base.Window list.
 
 Memory: a session preallocates its (T, H, W, 3) uint8 frame store (np.zeros, so pages are
 committed only as put_frames fills them) and, per object, a (T, H, ceil(W/8)) uint8 packed
@@ -25,14 +32,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from protocol.errors import BadRequest, NotFound, Overloaded, Unsupported
-from protocol.masks import pack
-from services.sam.backends.base import DIRECTIONS, SamBackend, propagation_windows
-from services.sam.merge import PassMerge
+from services.sam.backends.base import DIRECTIONS, Prompt, SamBackend
+from services.sam.drift import drift_scores_packed
+from services.sam.merge import PassMerge, plan_propagation, spans
+from services.sam.store import Progress, Session
 from services.sam.validation import check_box, check_mask, check_points
 
 log = logging.getLogger(__name__)
@@ -46,58 +54,13 @@ def not_found(sid: str) -> NotFound:
 
 
 @dataclass
-class Session:
-    """One video: its frames, the backend's state and the per-object packed results."""
+class Propagated:
+    """What one propagate call did."""
 
-    id: str
-    height: int
-    width: int
-    n_frames: int
-    frames: np.ndarray  # (T, H, W, 3) uint8 RGB, filled by put_frames
-    received: np.ndarray  # (T,) bool, which frames put_frames has filled
-    state: object  # the backend's per-session state
-    # obj_id -> (T, H, ceil(W/8)) uint8 packed masks, and (T,) bool "has a result"
-    results: dict[int, np.ndarray] = field(default_factory=dict)
-    present: dict[int, np.ndarray] = field(default_factory=dict)
-    keyframes: dict[int, set[int]] = field(default_factory=dict)  # obj_id -> prompted frames
-    last_used: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    closed: bool = False
-    # Snapshots of `results` for describe(), which reads them without the lock (a propagation
-    # holds it for long): replaced, never mutated, whenever an object is added or dropped.
-    ids: tuple[int, ...] = ()  # sorted ids of the objects with a result store
-    result_bytes: int = 0  # bytes of those stores
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.frames.nbytes + self.result_bytes)
-
-    @property
-    def obj_ids(self) -> list[int]:
-        return list(self.ids)
-
-    def store(self, frame: int, obj_id: int, mask: np.ndarray) -> None:
-        """Keep an (H, W) bool mask bit-packed."""
-        if obj_id not in self.results:
-            w8 = (self.width + 7) // 8
-            self.results[obj_id] = np.zeros((self.n_frames, self.height, w8), np.uint8)
-            self.present[obj_id] = np.zeros(self.n_frames, bool)
-            self._snapshot()
-        self.results[obj_id][frame] = pack(mask)
-        self.present[obj_id][frame] = True
-
-    def drop(self, obj_id: int | None = None) -> None:
-        """Forget one object's results and prompts (None: every object's)."""
-        for table in (self.results, self.present, self.keyframes):
-            if obj_id is None:
-                table.clear()
-            else:
-                table.pop(obj_id, None)
-        self._snapshot()
-
-    def _snapshot(self) -> None:
-        self.ids = tuple(sorted(self.results))
-        self.result_bytes = sum(r.nbytes for r in self.results.values())
+    frames: int  # frames the call covered (bounded: the frames of its windows)
+    obj_ids: list[int]
+    recomputed: int  # distinct frames the backend segmented (a result stored) in this call
+    spans: list[list[int]]  # [[obj_id, start, stop], ...] half-open runs recomputed per object
 
 
 class SessionManager:
@@ -217,6 +180,18 @@ class SessionManager:
         for sid in ids:
             self.close(sid)
 
+    def close_sessions(self, prefix: str) -> list[str]:
+        """Close every open session whose id starts with prefix (at least 8 characters, so a
+        stray short prefix cannot close other runs' sessions); returns their ids."""
+        if not isinstance(prefix, str) or len(prefix) < 8:
+            raise BadRequest(
+                f"prefix: {prefix!r} is shorter than 8 characters; give the run's own id "
+                "prefix (e.g. the orchestrator's run_key)"
+            )
+        with self._lock:
+            ids = sorted(sid for sid in self._sessions if sid.startswith(prefix))
+        return [sid for sid in ids if self.close(sid)]
+
     def describe(self) -> list[dict]:
         """Open sessions and their memory, for `info`. Reads each session's snapshots (ids,
         result_bytes), not its tables, and takes no session lock: a long propagation holding
@@ -290,21 +265,29 @@ class SessionManager:
         mk = check_mask(mask, s.height, s.width) if mask is not None else None
         if text is not None and not text.strip():
             raise BadRequest("text: empty; describe the object, e.g. 'left robot arm'")
+        prompt = Prompt(frame, obj_id, pts, lab, bx, mk, text)
         with s.lock:
             self._alive(s)
+            known = set(s.keyframes) | set(s.results)
             with _backend_errors("add_prompt"):
-                out = self.backend.add_prompt(s.state, frame, obj_id, pts, lab, bx, mk, text)
-            s.keyframes.setdefault(obj_id, set()).add(frame)
+                out = self.backend.add_prompt(s.state, prompt)
+            serial = s.add_keyframe(obj_id, frame)
             for oid, m in out.items():
-                s.keyframes.setdefault(oid, set()).add(frame)
-                s.store(frame, oid, m)
+                if oid == obj_id:
+                    s.store(frame, oid, m, made_by=serial)
+                elif oid not in known or frame in s.keyframes.get(oid, {}):
+                    # a new object of this prompt (text instances), or the prompt mask of
+                    # another object's keyframe it changed: a (new) prompt of that object
+                    s.store(frame, oid, m, made_by=s.add_keyframe(oid, frame))
+                else:  # another object's result it changed (non-overlap): not a keyframe
+                    s.store(frame, oid, m)
             ids = s.obj_ids
             stack = np.zeros((len(ids), s.height, s.width), bool)  # (n_obj, H, W)
             for i, oid in enumerate(ids):
                 if oid in out:
                     stack[i] = out[oid]
                 elif s.present[oid][frame]:
-                    stack[i] = np.unpackbits(s.results[oid][frame], axis=-1, count=s.width)
+                    stack[i] = np.unpackbits(s.packed(frame, oid), axis=-1, count=s.width)
             return frame, ids, stack
 
     def check_kinds(self, kinds: Sequence[str]) -> None:
@@ -316,6 +299,14 @@ class SessionManager:
                 "use another prompt kind or a backend that supports it"
             )
 
+    def check_capability(self, capability: str, field: str, fix: str) -> None:
+        """Unsupported naming the field when the backend does not declare `capability`."""
+        if capability not in self.backend.capabilities:
+            raise Unsupported(
+                f"{field}: backend {self.backend.name!r} has no {capability!r} capability "
+                f"(it declares {sorted(self.backend.capabilities)}); {fix}"
+            )
+
     # ---- propagation and results ------------------------------------------------------
     def propagate(
         self,
@@ -323,8 +314,12 @@ class SessionManager:
         direction: str = "both",
         start: int | None = None,
         max_frames: int | None = None,
-    ) -> tuple[int, list[int]]:
-        """Run the backend's propagation; returns (number of frames it covers, obj_ids)."""
+        bounded: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Propagated:
+        """Run the backend over the planned windows. bounded: recompute, per object, only the
+        frames whose nearest keyframe (or its prompt) changed since that object's last
+        propagation. on_progress(done, total) is called after each frame step."""
         s = self.get(sid)
         if direction not in DIRECTIONS:
             raise BadRequest(f"direction: {direction!r} is not one of {list(DIRECTIONS)}")
@@ -332,32 +327,92 @@ class SessionManager:
             self._check_frame(s, start, "start", need_received=False)
         if max_frames is not None and max_frames < 1:
             raise BadRequest(f"max_frames: must be >= 1 or null, got {max_frames}")
+        if bounded:
+            self.check_capability("bounded", "bounded", "send bounded: false")
         with s.lock:
             self._alive(s)
-            keys = set().union(*s.keyframes.values()) if s.keyframes else set()
-            if not keys:
+            if not s.keyframes:
                 raise BadRequest("propagate: no prompts in this session yet; call add_prompt first")
-            windows = propagation_windows(keys, s.n_frames, direction, start, max_frames)
-            for _, lo, hi in windows:
+            plan = plan_propagation(
+                s.keyframes, s.present, s.n_frames, direction, start, max_frames,
+                made_by=s.made_by, bounded=bounded,
+            )  # fmt: skip
+            ranges = [(w.lo, w.hi) for w in plan.windows] if bounded else plan.passes
+            for r in ranges:
+                lo, hi = r[-2:]
                 missing = np.flatnonzero(~s.received[lo : hi + 1])
                 if len(missing):
                     raise BadRequest(
                         f"frames: frame {lo + int(missing[0])} (and {len(missing) - 1} more in "
                         f"[{lo}, {hi}]) not received yet; put_frames them before propagate"
                     )
-            # the both-direction merge rule, for every backend (merge.py)
-            merge = PassMerge(windows, s.keyframes, s.present, s.n_frames)
-            with _backend_errors("propagate"):
-                for t, per_obj in self.backend.propagate(s.state, direction, start, max_frames):
-                    d = merge.direction_of(per_obj, t)
-                    for oid, m in per_obj.items():
-                        if merge.keep(d, t, oid):
-                            s.store(t, oid, m)
-            s.last_used = self.clock()
-            covered = np.zeros(s.n_frames, bool)
-            for _, lo, hi in windows:
-                covered[lo : hi + 1] = True
-            return int(covered.sum()), s.obj_ids
+            try:
+                return self._run(s, plan, direction, bounded, on_progress)
+            finally:
+                s.progress = Progress(False, s.progress.done, s.progress.total, direction)
+                s.last_used = self.clock()
+
+    def _run(self, s: Session, plan, direction, bounded, on_progress) -> Propagated:
+        # the both-direction merge rule, for every backend (merge.py)
+        merge = PassMerge(plan.passes, s.keyframes, s.present, s.n_frames)
+        call = plan.frames()  # (T,) bool: a bounded call stores results only here
+        stored: dict[int, np.ndarray] = {}  # obj -> (T,) bool, stored in this call
+        kept: dict[int, dict[int, str]] = {}  # obj -> {frame: pass of the stored result}
+        total, done, last = plan.total, 0, None
+        s.progress = Progress(True, 0, total, direction)
+        with _backend_errors("propagate"):
+            for t, per_obj in self.backend.propagate(s.state, plan.windows):
+                d = merge.direction_of(per_obj, t)
+                if not bounded or call[t]:  # a backend computing more than asked: the plan
+                    self._keep(s, plan, merge, d, t, per_obj, kept, stored)
+                if t != last:  # one frame step done (a frame may come in several yields)
+                    last, done = t, min(total, done + 1)
+                    s.progress = Progress(True, done, total, direction)
+                    if on_progress is not None:
+                        on_progress(done, total)
+        if done < total:  # e.g. a retried call classical skips: nothing to redo
+            s.progress = Progress(True, total, total, direction)
+            if on_progress is not None:
+                on_progress(total, total)
+        any_frame = np.zeros(s.n_frames, bool)
+        for f in stored.values():
+            any_frame |= f
+        frames = int(call.sum()) if bounded else int(_covered(plan.passes, s.n_frames).sum())
+        return Propagated(frames, s.obj_ids, int(any_frame.sum()), spans(stored))
+
+    def _keep(self, s, plan, merge, d, t, per_obj, kept, stored) -> None:
+        """Store one yield's masks the merge rule keeps; the other pass's go to s.other."""
+        for oid, m in per_obj.items():
+            prev = kept.setdefault(oid, {}).get(t)
+            if merge.keep(d, t, oid):
+                if prev is not None and prev != d:  # keep the loser for drift alarms
+                    s.store_other(t, oid, s.packed(t, oid))
+                elif prev is None:
+                    s.store_other(t, oid, None)
+                s.store(t, oid, m, made_by=self._made_by(plan, d, t, oid))
+                kept[oid][t] = d
+                stored.setdefault(oid, np.zeros(s.n_frames, bool))[t] = True
+            elif prev is not None and prev != d:
+                s.store_other(t, oid, np.packbits(m, axis=-1))
+
+    @staticmethod
+    def _made_by(plan, d: str, t: int, oid: int) -> int | None:
+        """The serial a stored (oid, t) result of pass d comes from; None keeps the old one (a
+        bounded call's update of an object it does not recompute there: non-overlap)."""
+        if plan.recompute is not None and not (oid in plan.recompute and plan.recompute[oid][t]):
+            return None
+        ser = plan.serials[d].get(oid)
+        return -1 if ser is None else int(ser[t])
+
+    def progress(self, sid: str) -> dict:
+        """{propagating, done, total, direction} of the session's propagation; never waits."""
+        p = self.get(sid).progress
+        return {
+            "propagating": p.propagating,
+            "done": p.done,
+            "total": p.total,
+            "direction": p.direction,
+        }
 
     def masks(
         self,
@@ -367,29 +422,62 @@ class SessionManager:
         obj_ids: list[int] | None = None,
         max_bytes: int = 32 << 20,
     ) -> tuple[list[int], int, int, np.ndarray]:
-        """Returns (obj_ids, start, stop, (n_obj, n, H, ceil(W/8)) uint8 packed), the range cut
-        so the chunk stays under max_bytes (at least one frame)."""
+        """read_masks without `computed`: (obj_ids, start, stop, packed)."""
+        return self.read_masks(sid, start, stop, obj_ids, max_bytes)[:4]
+
+    def read_masks(
+        self,
+        sid: str,
+        start: int = 0,
+        stop: int | None = None,
+        obj_ids: list[int] | None = None,
+        max_bytes: int = 32 << 20,
+    ) -> tuple[list[int], int, int, np.ndarray, np.ndarray]:
+        """Returns (obj_ids, start, stop, (n_obj, n, H, ceil(W/8)) uint8 packed, (n_obj, n)
+        bool computed), the range cut so the chunk stays under max_bytes (at least one frame).
+        Does not wait for a running propagation: it returns what is stored so far."""
         s = self.get(sid)
         stop = s.n_frames if stop is None else stop
         if not 0 <= start < s.n_frames:
             raise BadRequest(f"start: {start} is outside [0, {s.n_frames})")
         if not start < stop <= s.n_frames:
             raise BadRequest(f"stop: {stop} must be in ({start}, {s.n_frames}]")
-        with s.lock:
-            self._alive(s)
-            ids = s.obj_ids if obj_ids is None else list(obj_ids)
-            for oid in ids:
-                if oid not in s.results:
-                    raise NotFound(
-                        f"obj_ids: object {oid} is not in session {sid} (objects: {s.obj_ids})"
-                    )
-            w8 = (s.width + 7) // 8
-            per_frame = max(1, len(ids) * s.height * w8)
-            stop = min(stop, start + max(1, max_bytes // per_frame))
-            out = np.zeros((len(ids), stop - start, s.height, w8), np.uint8)
-            for i, oid in enumerate(ids):
-                out[i] = s.results[oid][start:stop]  # absent frames are zero already
-            return ids, start, stop, out
+        self._alive(s)
+        n_obj = len(s.ids) if obj_ids is None else len(obj_ids)
+        per_frame = max(1, n_obj * s.height * ((s.width + 7) // 8))
+        stop = min(stop, start + max(1, max_bytes // per_frame))
+        try:
+            ids, computed, out = s.read(start, stop, obj_ids)
+        except KeyError as e:
+            raise NotFound(
+                f"obj_ids: object {e.args[0]} is not in session {sid} (objects: {s.obj_ids})"
+            ) from None
+        self._alive(s)
+        return ids, start, stop, out, computed
+
+    def drift(self, sid: str, obj_ids: list[int] | None = None) -> tuple[list[int], np.ndarray]:
+        """(obj_ids, (n_obj, T) float32 scores in [0, 1]): drift_scores of each object's stored
+        masks (and, where both passes gave one, the other pass's). Never waits."""
+        s = self.get(sid)
+        self._alive(s)
+        ids, _, packed = self._read_all(s, obj_ids)
+        scores = np.zeros((len(ids), s.n_frames), np.float32)  # (n_obj, T)
+        for i, oid in enumerate(ids):
+            with s.data:
+                present = s.present[oid].copy()
+                keys = set(s.keyframes.get(oid, {}))
+                other = s.other.get(oid)
+                other = None if other is None else (other.copy(), s.other_present[oid].copy())
+            scores[i] = drift_scores_packed(packed[i], present, keys, other)
+        return ids, scores
+
+    def _read_all(self, s: Session, obj_ids):
+        try:
+            return s.read(0, s.n_frames, obj_ids)
+        except KeyError as e:
+            raise NotFound(
+                f"obj_ids: object {e.args[0]} is not in session {s.id} (objects: {s.obj_ids})"
+            ) from None
 
     def remove_object(self, sid: str, obj_id: int) -> list[int]:
         s = self.get(sid)
@@ -422,6 +510,13 @@ class SessionManager:
             raise BadRequest(f"{name}: frame {frame} is outside [0, {s.n_frames})")
         if need_received and not s.received[frame]:
             raise BadRequest(f"{name}: frame {frame} not received yet; put_frames it first")
+
+
+def _covered(passes, n_frames: int) -> np.ndarray:
+    covered = np.zeros(n_frames, bool)
+    for _, lo, hi in passes:
+        covered[lo : hi + 1] = True
+    return covered
 
 
 @contextlib.contextmanager

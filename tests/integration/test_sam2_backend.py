@@ -19,11 +19,13 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs torch: run in the sam2 venv")
 pytest.importorskip("sam2", reason="needs sam2: run in the sam2 venv")
 
+from services.sam.backends.base import Prompt  # noqa: E402
 from services.sam.backends.sam2_backend import Sam2Backend  # noqa: E402
 from services.sam.backends.sam2_state import (  # noqa: E402
     jpeg_inference_state,
     memory_inference_state,
 )
+from services.sam.merge import plan_propagation  # noqa: E402
 
 pytestmark = pytest.mark.sam2
 SMALL = ["++model.image_size=128"]  # 64x fewer pixels than 1024: ~0.5 s per frame on CPU
@@ -69,6 +71,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
+def plan(keys: dict[int, set[int]], n: int, direction: str, start=None, max_frames=None):
+    """The session layer's windows for these keyframes (obj_id -> frames), nothing stored."""
+    return plan_propagation(keys, {}, n, direction, start, max_frames).windows
+
+
 def test_checkpoint_loads_through_the_normal_path(backend, tiny_ckpt) -> None:
     info = backend.info()
     assert info["model"] == "configs/sam2.1/sam2.1_hiera_t.yaml"  # inferred from the name
@@ -84,13 +91,13 @@ def test_mask_prompts_on_two_keyframes_track_both_ways(backend) -> None:
     state = backend.init_state(store)
     store[:] = _frames()  # put_frames fills the store in place after init_state
     m1, m2 = _rect(4, 24, 3, 25), _rect(14, 36, 30, 52)
-    out1 = backend.add_prompt(state, 0, 1, None, None, None, m1, None)
-    out2 = backend.add_prompt(state, 2, 2, None, None, None, m2, None)
+    out1 = backend.add_prompt(state, Prompt(0, 1, mask=m1))
+    out2 = backend.add_prompt(state, Prompt(2, 2, mask=m2))
     assert list(out1) == [1] and list(out2) == [2]
     assert out1[1].shape == (H, W) and out1[1].dtype == bool
     assert _iou(out1[1], m1) > 0.8 and _iou(out2[2], m2) > 0.8  # each prompt hit its object
     seen = []
-    for t, per in backend.propagate(state, "both", None, None):
+    for t, per in backend.propagate(state, plan({1: {0}, 2: {2}}, T, "both")):
         seen.append((t, sorted(per)))
         assert all(m.shape == (H, W) and m.dtype == bool for m in per.values())
         if t == 0:
@@ -114,8 +121,8 @@ class RecordingBackend:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def propagate(self, state, direction, start, max_frames):
-        for t, masks in self.inner.propagate(state, direction, start, max_frames):
+    def propagate(self, state, windows):
+        for t, masks in self.inner.propagate(state, windows):
             for oid, m in masks.items():
                 self.seen[(masks.direction, t, oid)] = m.copy()
             yield t, masks
@@ -135,7 +142,8 @@ def test_session_keeps_the_pass_of_the_nearest_keyframe(backend) -> None:
     mgr.put_frames(sid, 0, _frames(n))
     mgr.add_prompt(sid, 0, 1, mask=_rect(4, 24, 3, 25))
     mgr.add_prompt(sid, 3, 1, mask=_rect(14, 36, 30, 52))
-    assert mgr.propagate(sid, "both") == (n, [1])
+    r = mgr.propagate(sid, "both")
+    assert (r.frames, r.obj_ids) == (n, [1])
     _, _, _, packed = mgr.masks(sid)
     kept = unpack(packed, W)[0]  # (n, H, W) bool
     fwd = {t: rec.seen[("forward", t, 1)] for t in range(n)}
@@ -149,33 +157,26 @@ def test_session_keeps_the_pass_of_the_nearest_keyframe(backend) -> None:
 def test_points_box_new_objects_after_propagation_and_removal(backend) -> None:
     state = backend.init_state(_frames())
     pts = np.array([[20.0, 15.0], [40.0, 30.0]], np.float32)
-    out = backend.add_prompt(
-        state,
-        1,
-        5,
-        pts,
-        np.array([1, 0], np.int32),
-        np.array([5, 5, 45, 35], np.float32),
-        None,
-        None,
-    )
+    box = np.array([5, 5, 45, 35], np.float32)
+    out = backend.add_prompt(state, Prompt(1, 5, pts, np.array([1, 0], np.int32), box))
     assert list(out) == [5] and out[5].shape == (H, W)
-    out = backend.add_prompt(state, 1, 6, pts[:1], np.array([1], np.int32), None, None, None)
+    out = backend.add_prompt(state, Prompt(1, 6, pts[:1], np.array([1], np.int32)))
     assert list(out) == [6]
     backend.remove_object(state, 6)
-    got = [(t, sorted(p)) for t, p in backend.propagate(state, "forward", 1, 1)]
+    keys = {5: {1}}
+    got = [(t, sorted(p)) for t, p in backend.propagate(state, plan(keys, T, "forward", 1, 1))]
     assert got == [(1, [5])]  # start=1, max_frames=1: exactly frame 1, object 6 gone
-    got = [(t, sorted(p)) for t, p in backend.propagate(state, "backward", 1, None)]
+    got = [(t, sorted(p)) for t, p in backend.propagate(state, plan(keys, T, "backward", 1))]
     assert got == [(1, [5]), (0, [5])]
-    out = backend.add_prompt(state, 2, 7, pts[1:], np.array([1], np.int32), None, None, None)
+    out = backend.add_prompt(state, Prompt(2, 7, pts[1:], np.array([1], np.int32)))
     assert list(out) == [7]  # a new object after tracking started (SAM2.1 allows it)
-    got = [(t, sorted(p)) for t, p in backend.propagate(state, "forward", None, None)]
+    keys[7] = {2}
+    got = [(t, sorted(p)) for t, p in backend.propagate(state, plan(keys, T, "forward"))]
     assert got == [(1, [5, 7]), (2, [5, 7])]  # from the earliest keyframe (1) to the end
     backend.reset(state)
-    with pytest.raises(ValueError, match="no prompts"):
-        list(backend.propagate(state, "both", None, None))
+    assert state.inference["obj_ids"] == []  # SAM2 forgot every object
     with pytest.raises(ValueError, match="text"):
-        backend.add_prompt(state, 0, 1, None, None, None, None, "robot arm")
+        backend.add_prompt(state, Prompt(0, 1, text="robot arm"))
     backend.close(state)
 
 
@@ -210,11 +211,11 @@ def test_jpeg_route_with_offloading(tiny_ckpt, tmp_path) -> None:
     state = b.init_state(_frames())
     assert state.inference is None  # built at the first prompt, once the frames are in
     m1 = _rect(4, 24, 3, 25)
-    out = b.add_prompt(state, 0, 3, None, None, None, m1, None)
+    out = b.add_prompt(state, Prompt(0, 3, mask=m1))
     assert _iou(out[3], m1) > 0.8
     (folder,) = os.listdir(tmp_path)
     assert len(os.listdir(tmp_path / folder)) == T
-    assert [t for t, _ in b.propagate(state, "forward", None, 2)] == [0, 1]
+    assert [t for t, _ in b.propagate(state, plan({3: {0}}, T, "forward", None, 2))] == [0, 1]
     b.close(state)
     assert not os.listdir(tmp_path)  # the temp JPEG folder is gone
 
@@ -254,5 +255,5 @@ def test_default_1024_config_box_prompt(tiny_ckpt) -> None:
     b.setup()
     assert b.model.image_size == 1024
     state = b.init_state(_frames()[:1])
-    out = b.add_prompt(state, 0, 1, None, None, np.array([5, 5, 40, 30], np.float32), None, None)
+    out = b.add_prompt(state, Prompt(0, 1, box=np.array([5, 5, 40, 30], np.float32)))
     assert list(out) == [1] and out[1].shape == (H, W)

@@ -66,7 +66,8 @@ def test_video_session_end_to_end(svc, scene):
                                 "points": [[xs[k] / W, ys[k] / H]], "labels": [1]})  # fmt: skip
     assert out["obj_ids"] == [1, 2]
     prop = c.call("propagate", {"session": sid, "direction": "both"})
-    assert prop == {"frames": T, "obj_ids": [1, 2]}
+    assert prop == {"frames": T, "obj_ids": [1, 2], "recomputed": T,
+                    "spans": [[1, 0, T], [2, 0, T]]}  # fmt: skip
     # bounded chunks: 4000 bytes hold 2 frames of 2 objects at 96x16 bytes
     got, start = [], 0
     while start < T:
@@ -148,3 +149,63 @@ def test_unknown_option_refuses_to_start():
                                    ready_timeout=30)  # fmt: skip
         stop_process(proc)
     assert "max_sesions" in str(ei.value) and "max_sessions" in str(ei.value)
+
+
+def test_bounded_progress_drift_and_close_sessions_over_the_wire(svc, scene):
+    frames, gt = scene
+    c = svc.client
+    sid = c.call("start_session", {"height": H, "width": W, "n_frames": T,
+                                   "session": "wiretest-run1-ep0"}, idempotent=False)["session"]  # fmt: skip
+    other = c.call("start_session", {"height": H, "width": W, "n_frames": 2,
+                                     "session": "wiretest-run1-ep1"}, idempotent=False)["session"]  # fmt: skip
+    c.call("put_frames", {"session": sid, "start": 0, "frames": frames})
+    c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()},
+           idempotent=False)  # fmt: skip
+    assert c.call("propagate", {"session": sid})["recomputed"] == T
+    c.call("add_prompt", {"session": sid, "frame": 12, "obj_id": 1, "mask": gt[2, 12]},
+           idempotent=False)  # fmt: skip
+    r = c.call("propagate", {"session": sid, "bounded": True})
+    assert (r["recomputed"], r["spans"]) == (16, [[1, 7, 12], [1, 13, T]])
+    p = c.call("progress", {"session": sid})
+    assert p == {"propagating": False, "done": 16, "total": 16, "direction": "both"}
+    m = c.call("masks", {"session": sid, "start": 10})
+    assert m["computed"].dtype == bool and m["computed"].shape == (1, m["stop"] - 10)
+    assert m["computed"].all()
+    d = c.call("drift", {"session": sid})
+    assert d["obj_ids"] == [1] and d["scores"].shape == (1, T) and d["scores"].dtype == np.float32
+    assert d["scores"][0, 0] == 0 and d["scores"][0, 12] == 0  # keyframes
+    e = code_of(lambda: c.call("close_sessions", {"prefix": "wire"}))
+    assert e.code == "bad_request" and "prefix" in e.message
+    closed = c.call("close_sessions", {"prefix": "wiretest-run1"})["closed"]
+    assert closed == [sid, other]
+    assert code_of(lambda: c.call("progress", {"session": sid})).code == "not_found"
+
+
+def test_masks_and_progress_answer_during_a_propagation(svc):
+    from protocol.client import Client
+
+    n = 160
+    frames, gt = moving_scene(n, H, W, seed=3)
+    c = svc.client
+    sid = c.call("start_session", {"height": H, "width": W, "n_frames": n}, idempotent=False)[
+        "session"
+    ]
+    try:
+        for s in range(0, n, 40):
+            c.call("put_frames", {"session": sid, "start": s, "frames": frames[s : s + 40]})
+        c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()},
+               idempotent=False)  # fmt: skip
+        fut = c.submit("propagate", {"session": sid, "direction": "forward"})
+        seen_progress, seen_partial = [], False
+        with Client(svc.endpoint, timeout=10) as poll:
+            while not fut.done():
+                p = poll.call("progress", {"session": sid})
+                if p["propagating"] and 0 < p["done"] < p["total"]:
+                    seen_progress.append(p["done"])
+                    m = poll.call("masks", {"session": sid, "start": 0})
+                    seen_partial |= bool(m["computed"][0, 0])
+        assert fut.result()["recomputed"] == n
+        assert len(seen_progress) >= 2 and seen_progress == sorted(seen_progress), seen_progress
+        assert seen_partial  # masks answered with the frames computed so far
+    finally:
+        c.call("close_session", {"session": sid})

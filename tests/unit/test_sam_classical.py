@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from services.sam.backends import create_backend, propagation_windows
+from services.sam.backends.base import Prompt
 from services.sam.backends.classical import ClassicalBackend
 from services.sam.backends.classical_ops import bbox
+from services.sam.merge import plan_propagation
+
+# What the session layer owns, per backend state (keyed by id): the tests play that layer.
+KEYS: dict[int, dict[int, set[int]]] = {}  # obj_id -> prompted frames
+HAVE: dict[int, dict[int, set[int]]] = {}  # obj_id -> frames with a result
 
 
 def moving_scene(t_len: int = 24, h: int = 96, w: int = 128, seed: int = 0):
@@ -51,17 +57,47 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+def prompt(backend, state, frame, obj_id, points, labels, box, mask, text) -> dict:
+    """add_prompt as the session layer sends it, recording the keyframe (of obj_id only)."""
+    out = backend.add_prompt(state, Prompt(frame, obj_id, points, labels, box, mask, text))
+    KEYS.setdefault(id(state), {}).setdefault(obj_id, set()).add(frame)
+    for oid in out:
+        HAVE.setdefault(id(state), {}).setdefault(oid, set()).add(frame)
+    return out
+
+
+def windows_of(backend, state, direction="both", start=None, max_frames=None):
+    """The session layer's plan for this state (merge.plan_propagation)."""
+    n = state.frames.shape[0]
+    keys = KEYS.get(id(state), {})
+    keys = {oid: k for oid, k in keys.items() if oid in state.objects}  # removed: gone
+    present = {
+        oid: np.isin(np.arange(n), sorted(f))
+        for oid, f in HAVE.get(id(state), {}).items()
+        if oid in state.objects
+    }
+    return plan_propagation(keys, present, n, direction, start, max_frames).windows
+
+
 def run(backend, state, direction="both", start=None, max_frames=None) -> dict:
     out: dict[tuple[int, int], np.ndarray] = {}
-    for t, per in backend.propagate(state, direction, start, max_frames):
+    windows = windows_of(backend, state, direction, start, max_frames)
+    for t, per in backend.propagate(state, windows):
         for oid, m in per.items():
             out[(oid, t)] = m
+            HAVE.setdefault(id(state), {}).setdefault(oid, set()).add(t)
     return out
 
 
 def box_of(m: np.ndarray, pad: int = 2) -> np.ndarray:
     x0, y0, x1, y1 = bbox(m)
     return np.array([x0 - pad, y0 - pad, x1 + pad, y1 + pad], np.float32).clip(0, None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_session_tables():
+    KEYS.clear()  # keyed by id(state): ids of dead states may come back
+    HAVE.clear()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +116,7 @@ def test_box_prompts_track_moving_objects(scene, backend):
     frames, gt = scene
     st = backend.init_state(frames)
     for i in range(3):
-        m = backend.add_prompt(st, 0, i + 1, None, None, box_of(gt[i, 0]), None, None)[i + 1]
+        m = prompt(backend, st, 0, i + 1, None, None, box_of(gt[i, 0]), None, None)[i + 1]
         assert iou(m, gt[i, 0]) > 0.8, f"object {i} init"
     res = run(backend, st, "forward")
     assert {t for _, t in res} == set(range(len(frames)))
@@ -94,7 +130,7 @@ def test_point_prompts_segment(scene, backend):
     st = backend.init_state(frames)
     ys, xs = np.nonzero(cv2.erode(gt[2, 0].astype(np.uint8), np.ones((5, 5))))
     pts = np.array([[xs[len(xs) // 2], ys[len(ys) // 2]]], np.float32)
-    m = backend.add_prompt(st, 0, 7, pts, np.array([1], np.int32), None, None, None)[7]
+    m = prompt(backend, st, 0, 7, pts, np.array([1], np.int32), None, None, None)[7]
     assert iou(m, gt[2, 0]) > 0.8
 
 
@@ -102,10 +138,10 @@ def test_negative_point_cuts_region(scene, backend):
     frames, gt = scene
     st = backend.init_state(frames)
     both = gt[0, 0] | gt[1, 0]
-    m0 = backend.add_prompt(st, 0, 1, None, None, box_of(both), None, None)[1]
+    m0 = prompt(backend, st, 0, 1, None, None, box_of(both), None, None)[1]
     ys, xs = np.nonzero(cv2.erode(gt[1, 0].astype(np.uint8), np.ones((3, 3))))
     neg = np.array([[xs[0], ys[0]]], np.float32)
-    m1 = backend.add_prompt(st, 0, 1, neg, np.array([0], np.int32), None, None, None)[1]
+    m1 = prompt(backend, st, 0, 1, neg, np.array([0], np.int32), None, None, None)[1]
     assert (m1 & gt[1, 0]).sum() < (m0 & gt[1, 0]).sum()
     assert iou(m1, gt[0, 0]) > 0.7
 
@@ -134,8 +170,8 @@ def _two_squares(n: int = 16):
 def test_nearest_keyframe_rule(backend, direction, expect):
     frames, a, b = _two_squares()
     st = backend.init_state(frames)
-    backend.add_prompt(st, 0, 1, None, None, None, a, None)
-    backend.add_prompt(st, 10, 1, None, None, None, b, None)
+    prompt(backend, st, 0, 1, None, None, None, a, None)
+    prompt(backend, st, 10, 1, None, None, None, b, None)
     res = run(backend, st, direction)
     got = {
         t: ("A" if iou(m, a) > 0.9 else "B" if iou(m, b) > 0.9 else "?")
@@ -148,17 +184,17 @@ def test_new_object_after_propagation_keeps_old_results(scene):
     frames, gt = scene
     backend = ClassicalBackend(non_overlap=False)  # objects independent: results reproducible
     st = backend.init_state(frames)
-    backend.add_prompt(st, 0, 1, None, None, box_of(gt[2, 0]), None, None)
+    prompt(backend, st, 0, 1, None, None, box_of(gt[2, 0]), None, None)
     first = run(backend, st)
     mid = len(frames) // 2
-    backend.add_prompt(st, mid, 2, None, None, box_of(gt[1, mid]), None, None)
+    prompt(backend, st, mid, 2, None, None, box_of(gt[1, mid]), None, None)
     second = run(backend, st)
     assert {o for o, _ in second} == {2}  # independent objects: the unchanged one is kept
     for t in range(len(frames)):
         kept = np.unpackbits(st.objects[1].results[t], axis=-1, count=frames.shape[2])
         assert np.array_equal(first[(1, t)], kept.astype(bool))
     st2 = backend.init_state(frames)  # deterministic: a fresh session computes the same masks
-    backend.add_prompt(st2, 0, 1, None, None, box_of(gt[2, 0]), None, None)
+    prompt(backend, st2, 0, 1, None, None, box_of(gt[2, 0]), None, None)
     assert all(np.array_equal(m, first[k]) for k, m in run(backend, st2).items())
     ious = [iou(second[(2, t)], gt[1, t]) for t in range(len(frames))]
     assert np.mean(ious) >= 0.8, np.round(ious, 2)
@@ -167,11 +203,11 @@ def test_new_object_after_propagation_keeps_old_results(scene):
 def test_repeated_propagation_is_skipped_but_reprompt_recomputes(scene, backend):
     frames, gt = scene
     st = backend.init_state(frames)
-    backend.add_prompt(st, 0, 1, None, None, box_of(gt[2, 0]), None, None)
-    backend.add_prompt(st, 0, 2, None, None, box_of(gt[1, 0]), None, None)
+    prompt(backend, st, 0, 1, None, None, box_of(gt[2, 0]), None, None)
+    prompt(backend, st, 0, 2, None, None, box_of(gt[1, 0]), None, None)
     first = run(backend, st)
     assert run(backend, st) == {}  # a retried call: nothing changed, stored results stand
-    backend.add_prompt(st, 5, 2, None, None, box_of(gt[1, 5]), None, None)
+    prompt(backend, st, 5, 2, None, None, box_of(gt[1, 5]), None, None)
     again = run(backend, st)
     assert {o for o, _ in again} == {1, 2}  # objects are tracked jointly: both recomputed
     assert np.array_equal(again[(1, 0)], first[(1, 0)])
@@ -180,7 +216,7 @@ def test_repeated_propagation_is_skipped_but_reprompt_recomputes(scene, backend)
 def test_windows_limit_frames(scene, backend):
     frames, gt = scene
     st = backend.init_state(frames)
-    backend.add_prompt(st, 0, 1, None, None, None, None if False else gt[2, 0], None)
+    prompt(backend, st, 0, 1, None, None, None, None if False else gt[2, 0], None)
     res = run(backend, st, "forward", start=None, max_frames=5)
     assert sorted(t for _, t in res) == [0, 1, 2, 3, 4]
     # continue from where it stopped: the earlier result on frame 4 seeds frame 5
@@ -197,11 +233,12 @@ def test_windows_limit_frames(scene, backend):
 def test_remove_and_reset(scene, backend):
     frames, gt = scene
     st = backend.init_state(frames)
-    backend.add_prompt(st, 0, 1, None, None, box_of(gt[2, 0]), None, None)
-    backend.add_prompt(st, 0, 2, None, None, box_of(gt[0, 0]), None, None)
+    prompt(backend, st, 0, 1, None, None, box_of(gt[2, 0]), None, None)
+    prompt(backend, st, 0, 2, None, None, box_of(gt[0, 0]), None, None)
     backend.remove_object(st, 1)
     assert {o for o, _ in run(backend, st, max_frames=2)} == {2}
     backend.reset(st)
+    KEYS.pop(id(st))  # the session layer forgets the prompts with the backend
     with pytest.raises(ValueError, match="add_prompt first"):
         run(backend, st)
 

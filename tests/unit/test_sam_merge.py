@@ -22,7 +22,6 @@ from services.sam.backends.base import (
     SamBackend,
     forward_owns,
     pass_distances,
-    propagation_windows,
 )
 from services.sam.backends.classical import ClassicalBackend
 from services.sam.sessions import SessionManager
@@ -69,21 +68,19 @@ class PassesTestDouble(SamBackend):
         self.on_yield = on_yield
 
     def init_state(self, frames):
-        return {"n": frames.shape[0], "keys": {}}
+        return {"n": frames.shape[0], "keys": set()}
 
-    def add_prompt(self, state, frame, obj_id, points, labels, box, mask, text):
-        state["keys"].setdefault(obj_id, set()).add(frame)
-        return {obj_id: mark("prompt")}
+    def add_prompt(self, state, prompt):
+        state["keys"].add(prompt.obj_id)  # which objects exist (keyframes: the session's)
+        return {prompt.obj_id: mark("prompt")}
 
-    def propagate(self, state, direction, start, max_frames):
-        keys = set().union(*state["keys"].values())
-        windows = propagation_windows(keys, state["n"], direction, start, max_frames)
+    def propagate(self, state, windows):
         if self.order == "reversed":
             windows = windows[::-1]
         extra = iter(range(1000, 10**6))  # new ids, `new_objects` more on every frame
-        for d, lo, hi in windows:
-            frames = range(lo, hi + 1) if d == "forward" else range(hi, lo - 1, -1)
-            for t in frames:
+        for w in windows:
+            d = w.direction
+            for t in w.frames:
                 if d == "backward" and self.backward_below is not None and t >= self.backward_below:
                     continue
                 masks = {oid: mark(d) for oid in state["keys"]}
@@ -95,7 +92,7 @@ class PassesTestDouble(SamBackend):
     def remove_object(self, state, obj_id):
         if self.fail:
             raise ValueError(f"obj_id: {obj_id} is tracked jointly; reset_session instead")
-        state["keys"].pop(obj_id, None)
+        state["keys"].discard(obj_id)
 
     def reset(self, state):
         if self.fail:
@@ -137,7 +134,9 @@ BOTH = {1: "BBFFFFBBFFFF", 2: "BBBBBFFFFFFF"}
 @pytest.mark.parametrize("order", ["windows", "reversed"])
 def test_both_keeps_each_objects_nearest_keyframes_pass(order):
     mgr, sid = session(PassesTestDouble(order=order), KEYS)
-    assert mgr.propagate(sid, "both") == (T, [1, 2])
+    r = mgr.propagate(sid, "both")
+    assert (r.frames, r.obj_ids, r.recomputed) == (T, [1, 2], T)
+    assert r.spans == [[1, 0, T], [2, 0, T]]
     assert who(mgr, sid) == BOTH
 
 
@@ -270,8 +269,8 @@ def test_classical_through_the_session_keeps_what_the_backend_settled_on():
     counts: dict[tuple[str, int, int], int] = {}
     inner = backend.propagate
 
-    def counting(state, direction, start, max_frames):
-        for t, masks in inner(state, direction, start, max_frames):
+    def counting(state, windows):
+        for t, masks in inner(state, windows):
             for oid in masks:
                 key = (masks.direction, t, oid)
                 counts[key] = counts.get(key, 0) + 1

@@ -181,7 +181,7 @@ def test_frame_must_be_received(mgr):
         BadRequest, match=r"frames: frame 2 \(and 3 more in \[0, 5\]\) not received"
     ):
         mgr.propagate(s, "forward")
-    assert mgr.propagate(s, "forward", max_frames=2)[0] == 2  # the received part is fine
+    assert mgr.propagate(s, "forward", max_frames=2).frames == 2  # the received part is fine
 
 
 def test_rel_points_become_pixels_once(mgr):
@@ -196,8 +196,8 @@ def test_rel_points_become_pixels_once(mgr):
 def test_prompt_propagate_masks_roundtrip(mgr, sid):
     frame, ids, stack = mgr.add_prompt(sid, 0, 3, box=[7, 9, 25, 27])
     assert (frame, ids, stack.shape, stack.dtype) == (0, [3], (1, H, W), np.dtype(bool))
-    n, ids = mgr.propagate(sid, "both")
-    assert (n, ids) == (T, [3])
+    r = mgr.propagate(sid, "both")
+    assert (r.frames, r.obj_ids, r.recomputed, r.spans) == (T, [3], T, [[3, 0, T]])
     got_ids, start, stop, packed = mgr.masks(sid, 0, T)
     assert (got_ids, start, stop, packed.shape) == ([3], 0, T, (1, T, H, (W + 7) // 8))
     masks = unpack(packed, W)  # (1, T, H, W)
@@ -227,8 +227,8 @@ def test_new_objects_after_propagation_remove_and_reset(mgr, sid):
     mgr.propagate(sid)
     frame, ids, stack = mgr.add_prompt(sid, 4, 5, points=[[3, 35]], labels=[1])
     assert ids == [1, 5] and stack[0].any()  # the propagated object is reported on frame 4 too
-    n, ids = mgr.propagate(sid)
-    assert ids == [1, 5] and n == T
+    r = mgr.propagate(sid)
+    assert r.obj_ids == [1, 5] and r.frames == T
     assert mgr.remove_object(sid, 1) == [5]
     with pytest.raises(NotFound, match="obj_id: object 1 is not in session"):
         mgr.remove_object(sid, 1)

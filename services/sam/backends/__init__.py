@@ -12,9 +12,12 @@ import importlib
 import inspect
 
 from services.sam.backends.base import (
+    CAPABILITIES,
     DIRECTIONS,
     PROMPT_KINDS,
+    Prompt,
     SamBackend,
+    Window,
     propagation_windows,
 )
 
@@ -22,6 +25,7 @@ from services.sam.backends.base import (
 BACKENDS: dict[str, str] = {
     "classical": "services.sam.backends.classical:ClassicalBackend",
     "sam2": "services.sam.backends.sam2_backend:Sam2Backend",
+    "efficienttam": "services.sam.backends.sam2_backend:EfficientTamBackend",
     "sam3": "services.sam.backends.sam3_backend:Sam3Backend",
 }
 
@@ -42,11 +46,21 @@ def create_backend(name: str, options: dict | None = None) -> SamBackend:
             raise ValueError(
                 f"options: unknown key(s) {unknown} for backend {name!r}; valid: {valid}"
             )
-    return cls(**options)
+    backend = cls(**options)
+    unknown = set(backend.capabilities) - CAPABILITIES
+    if unknown or ("text" in backend.prompt_kinds) != ("text_prompts" in backend.capabilities):
+        raise TypeError(
+            f"backend {name!r}: capabilities {sorted(backend.capabilities)} must be a subset of "
+            f"{sorted(CAPABILITIES)}, with text_prompts exactly when 'text' is a prompt kind"
+        )
+    return backend
 
 
 __all__ = [
     "BACKENDS",
+    "CAPABILITIES",
+    "Prompt",
+    "Window",
     "DIRECTIONS",
     "PROMPT_KINDS",
     "SamBackend",

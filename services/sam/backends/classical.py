@@ -3,8 +3,8 @@
 CPU only, no weights, deterministic. Usage:
     backend = ClassicalBackend(flow_scale=0.5)
     state = backend.init_state(frames)                     # (T, H, W, 3) uint8 RGB store
-    backend.add_prompt(state, 0, 1, None, None, np.array([10, 10, 90, 70], np.float32), None, None)
-    for t, masks in backend.propagate(state, "both", None, None): ...   # masks: PassMasks
+    backend.add_prompt(state, Prompt(0, 1, box=np.array([10, 10, 90, 70], np.float32)))
+    for t, masks in backend.propagate(state, windows): ...   # the session's plan; PassMasks
 
 How it works:
 - add_prompt: GrabCut initialised from the box and/or similar-colour regions around the
@@ -17,8 +17,10 @@ How it works:
 - Several keyframes / direction 'both': each frame takes each object's mask from the
   nearest prompted keyframe of that object in time; ties go to the forward pass (the
   session layer's merge rule, base.pass_distances). Each (object, frame) is computed once,
-  by the pass that owns it; a non-overlap update of an object the other pass owns is tagged
-  with that pass.
+  by the pass that owns it (the windows' `sources`, planned by the session layer); a
+  non-overlap update of an object the other pass owns is tagged with that pass.
+- Bounded windows (a correction's re-propagation) compute only the objects and frames their
+  `sources` give; the stored masks of the other objects on those frames compete for pixels.
 """
 
 from __future__ import annotations
@@ -30,13 +32,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from services.sam.backends.base import (
-    PassMasks,
-    SamBackend,
-    forward_owns,
-    pass_distances,
-    propagation_windows,
-)
+from services.sam.backends.base import PASSES, PassMasks, Prompt, SamBackend, Window
 from services.sam.backends.classical_ops import (
     ColourModel,
     Flow,
@@ -76,6 +72,7 @@ class ClassicalState:
 class ClassicalBackend(SamBackend):
     name = "classical"
     prompt_kinds = frozenset({"points", "box", "mask"})
+    capabilities = frozenset({"segment_image", "bounded"})
 
     def __init__(
         self,
@@ -131,8 +128,10 @@ class ClassicalBackend(SamBackend):
     def init_state(self, frames: np.ndarray) -> ClassicalState:
         return ClassicalState(frames)
 
-    def add_prompt(self, state, frame, obj_id, points, labels, box, mask, text):
+    def add_prompt(self, state, prompt: Prompt):
         st: ClassicalState = state
+        frame, obj_id, points, labels = prompt.frame, prompt.obj_id, prompt.points, prompt.labels
+        box, mask, text = prompt.box, prompt.mask, prompt.text
         if text is not None:
             raise ValueError("text: the classical backend has no text prompts; use sam3")
         img = st.frames[frame]  # (H, W, 3) uint8, a view of the store
@@ -217,51 +216,49 @@ class ClassicalBackend(SamBackend):
         state.frames = None
 
     # ---- propagation -----------------------------------------------------------------
-    def propagate(self, state, direction, start, max_frames) -> Iterator[tuple[int, dict]]:
+    def propagate(self, state, windows: list[Window]) -> Iterator[tuple[int, PassMasks]]:
         st: ClassicalState = state
-        n = st.frames.shape[0]
-        keys = {k for o in st.objects.values() for k in o.keymasks}
-        windows = dict(
-            (d, (lo, hi))
-            for d, lo, hi in propagation_windows(keys, n, direction, start, max_frames)
-        )
-        owners = self._owners(st, n, windows, both=direction == "both")
+        owners = self._owners(st, windows)
         fresh: dict[int, set[int]] = {}  # frame -> objects whose masks are current there
         skip: set[int] = set()
         # under non_overlap objects are tracked jointly: any change anywhere recomputes all
         group = tuple((k, o.version) for k, o in st.objects.items()) if self.non_overlap else ()
         for oid, o in st.objects.items():
-            sig = (o.version, group, tuple(owners[d][oid].tobytes() for d in windows))
+            sig = (o.version, group, tuple(owners[d][oid].tobytes() for d in owners))
             if o.done == sig:  # nothing changed for it: keep its masks (they still compete)
                 skip.add(oid)
-                for d in windows:
+                for d in owners:
                     for t in np.flatnonzero(owners[d][oid] >= 0):
                         fresh.setdefault(int(t), set()).add(oid)
             o.done = sig
-        for d, (lo, hi) in windows.items():
-            yield from self._pass(st, d, lo, hi, owners, fresh, skip)
+        for w in windows:
+            yield from self._pass(st, w.direction, w.lo, w.hi, owners, fresh, skip, w.bounded)
 
     @staticmethod
-    def _owners(st: ClassicalState, n: int, windows: dict, both: bool) -> dict:
-        """Per pass: {obj_id: (T,) int source distance, -1 where the pass does not own it}.
-        base.pass_distances over the object's keyframes (or the result just outside the
-        window's start, continuing an earlier propagation); with both passes, the merge rule
-        the session layer applies too (base.forward_owns), so each (object, frame) is computed
-        once, by the pass whose result the session keeps."""
-        dist: dict[str, dict[int, np.ndarray]] = {d: {} for d in windows}
-        for d, (lo, hi) in windows.items():
-            before = lo - 1 if d == "forward" else hi + 1
-            for oid, o in st.objects.items():
-                dist[d][oid] = pass_distances(o.keymasks, n, d, lo, hi, before in o.results)
-        if both and len(windows) == 2:
+    def _owners(st: ClassicalState, windows: list[Window]) -> dict:
+        """Per pass: {obj_id: (T,) int source distance, -1 where the pass does not own it},
+        from the windows' sources (the session layer's plan: the merge rule's owner of each
+        (object, frame), so each is computed once, by the pass whose result the session
+        keeps)."""
+        n = st.frames.shape[0]
+        dist: dict[str, dict[int, np.ndarray]] = {}
+        for d in PASSES:
+            mine = [w for w in windows if w.direction == d]
+            if not mine:
+                continue
+            dist[d] = {}
             for oid in st.objects:
-                f, b = dist["forward"][oid], dist["backward"][oid]
-                fwd = forward_owns(f, b)
-                f[~fwd] = -1
-                b[fwd] = -1
+                a = np.full(n, -1, np.int64)
+                for w in mine:
+                    src = w.sources.get(oid)
+                    if src is not None:
+                        a[w.lo : w.hi + 1] = src[w.lo : w.hi + 1]
+                dist[d][oid] = a
         return dist
 
-    def _pass(self, st, d, lo, hi, owners, fresh, skip) -> Iterator[tuple[int, PassMasks]]:
+    def _pass(
+        self, st, d, lo, hi, owners, fresh, skip, bounded=False
+    ) -> Iterator[tuple[int, PassMasks]]:
         own = owners[d]
         step = 1 if d == "forward" else -1
         first, last = (lo, hi) if step == 1 else (hi, lo)
@@ -305,11 +302,14 @@ class ClassicalBackend(SamBackend):
             changed: set[int] = set()
             if self.non_overlap and tracks:
                 # objects the other pass already computed on this frame compete too
+                near = set(fresh.get(t, ()))
+                if bounded:  # objects this call does not recompute here keep their masks
+                    near |= {oid for oid, o in st.objects.items() if t in o.results}
                 others = {
                     oid: Tracked(
                         np.unpackbits(st.objects[oid].results[t], axis=-1, count=w).astype(bool)
                     )
-                    for oid in fresh.get(t, ())
+                    for oid in near
                     if oid not in tracks and oid in st.objects
                 }
                 if len(tracks) + len(others) > 1:
@@ -319,7 +319,11 @@ class ClassicalBackend(SamBackend):
             for oid, tr in tracks.items():
                 # an object of the other pass (or a skipped one) lost pixels to this pass's:
                 # its update belongs to the pass that owns it there
-                e = d if own[oid][t] >= 0 else next(e for e in owners if owners[e][oid][t] >= 0)
+                e = (
+                    d
+                    if own[oid][t] >= 0
+                    else next((e for e in owners if owners[e][oid][t] >= 0), d)
+                )
                 out[e][oid] = tr.mask
                 if oid not in changed:
                     cur[oid] = tr.mask

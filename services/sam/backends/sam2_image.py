@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def image_predictor(model, mask_threshold: float = 0.0):
-    """A SAM2ImagePredictor over `model` (a SAM2VideoPredictor is a SAM2Base)."""
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
+def image_predictor(model, mask_threshold: float = 0.0, cls=None):
+    """A SAM2ImagePredictor (or the family's `cls`) over `model` (a video predictor is a
+    SAM2Base)."""
+    if cls is None:
+        from sam2.sam2_image_predictor import SAM2ImagePredictor as cls
 
-    pred = SAM2ImagePredictor(model, mask_threshold=mask_threshold)
+    pred = cls(model, mask_threshold=mask_threshold)
     # upstream hard-codes the 1024-px feature sizes; derive them from the model's image size
     s = int(model.image_size)
     pred._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.sam.backends.base import PassMasks, SamBackend, propagation_windows
+from services.sam.backends.base import PassMasks, Prompt, SamBackend, Window
 from services.sam.backends.sam3_convert import (
     TEXT_INSTANCES,
     Sam3IdMap,
@@ -49,7 +49,9 @@ class Sam3State:
     frames: np.ndarray  # (T, H, W, 3) uint8, the session's store (not owned)
     inference: dict | None  # SAM3's inference_state
     ids: Sam3IdMap
-    keyframes: dict[int, set[int]] = field(default_factory=dict)  # caller id -> frames
+    # caller ids SAM3 tracks (prompted): outputs_to_masks yields them all-False where absent.
+    # Not keyframes (the session layer owns those): just which ids exist.
+    prompted: set[int] = field(default_factory=set)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -61,6 +63,7 @@ class Sam3Backend(SamBackend):
 
     name = "sam3"
     prompt_kinds = frozenset({"text", "box", "points"})
+    capabilities = frozenset({"text_prompts"})  # no segment_image, no bounded windows
 
     def __init__(
         self,
@@ -140,19 +143,11 @@ class Sam3Backend(SamBackend):
         inf = memory_inference_state(self._ready(), frames, self.offload_video_to_cpu)
         return Sam3State(frames=frames, inference=inf, ids=Sam3IdMap(self.text_instances))
 
-    def add_prompt(
-        self,
-        state: Sam3State,
-        frame: int,
-        obj_id: int,
-        points: np.ndarray | None,  # (N, 2) float32 abs px
-        labels: np.ndarray | None,  # (N,) int32
-        box: np.ndarray | None,  # (4,) float32 xyxy abs px
-        mask: np.ndarray | None,
-        text: str | None,
-    ) -> dict[int, np.ndarray]:
+    def add_prompt(self, state: Sam3State, prompt: Prompt) -> dict[int, np.ndarray]:
         import torch
 
+        frame, obj_id, points, labels = prompt.frame, prompt.obj_id, prompt.points, prompt.labels
+        box, mask, text = prompt.box, prompt.mask, prompt.text
         if mask is not None:
             raise ValueError("mask: SAM3's video API takes no mask prompts; use sam2")
         h, w = state.size
@@ -164,7 +159,7 @@ class Sam3Backend(SamBackend):
                 )
             self._check_concept(state, obj_id)
             state.ids.start_concept(obj_id)
-            state.keyframes = {obj_id: {frame}}
+            state.prompted = {obj_id}
             with torch.inference_mode():
                 _, outputs = self._ready().add_prompt(
                     state.inference,
@@ -197,13 +192,13 @@ class Sam3Backend(SamBackend):
                 f"obj_id: SAM3 refused a new object (already tracking its max_num_objects="
                 f"{getattr(self.model, 'max_num_objects', '?')}); remove an object first"
             )
-        state.keyframes.setdefault(obj_id, set()).add(frame)
+        state.prompted.add(obj_id)
         masks = outputs_to_masks(res[1], state.ids, h, w, all_ids=[obj_id])
         return {obj_id: masks[obj_id]}
 
     @staticmethod
     def _check_concept(state: Sam3State, obj_id: int) -> None:
-        others = sorted((set(state.ids.external_ids()) | set(state.keyframes)) - {obj_id})
+        others = sorted((set(state.ids.external_ids()) | state.prompted) - {obj_id})
         if others:
             raise ValueError(
                 f"text: a text/box prompt restarts SAM3's whole session and would drop objects "
@@ -239,18 +234,10 @@ class Sam3Backend(SamBackend):
             )
         return sid
 
-    def propagate(
-        self,
-        state: Sam3State,
-        direction: str,
-        start: int | None,
-        max_frames: int | None,
-    ) -> Iterator[tuple[int, PassMasks]]:
+    def propagate(self, state: Sam3State, windows: list[Window]) -> Iterator[tuple[int, PassMasks]]:
         model = self._ready()
         h, w = state.size
-        keys = set().union(*state.keyframes.values()) if state.keyframes else set()
-        windows = propagation_windows(keys, state.frames.shape[0], direction, start, max_frames)
-        for call in plan_calls(windows):
+        for call in plan_calls([(win.direction, win.lo, win.hi) for win in windows]):
             gen = model.propagate_in_video(
                 state.inference,
                 start_frame_idx=call.start_frame_idx,
@@ -260,7 +247,7 @@ class Sam3Backend(SamBackend):
             try:
                 direction = "backward" if call.reverse else "forward"
                 for t, outputs in gen:
-                    known = set(state.ids.external_ids()) | set(state.keyframes)
+                    known = set(state.ids.external_ids()) | state.prompted
                     masks = outputs_to_masks(outputs, state.ids, h, w, all_ids=known)
                     yield int(t), PassMasks(direction, masks)
             finally:
@@ -269,7 +256,7 @@ class Sam3Backend(SamBackend):
     def remove_object(self, state: Sam3State, obj_id: int) -> None:
         import torch
 
-        state.keyframes.pop(obj_id, None)
+        state.prompted.discard(obj_id)
         tracked = state.inference["tracker_metadata"].get("obj_ids_all_gpu")
         tracked = set() if tracked is None else {int(s) for s in np.asarray(tracked)}
         with torch.inference_mode():
@@ -283,7 +270,7 @@ class Sam3Backend(SamBackend):
         with torch.inference_mode():
             self._ready().reset_state(state.inference)
         state.ids.clear()
-        state.keyframes.clear()
+        state.prompted.clear()
 
     def close(self, state: Sam3State) -> None:
         import torch
