@@ -5,6 +5,7 @@ Usage: python3 -m pytest tests/integration/test_sam_service.py -q
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -195,16 +196,24 @@ def test_masks_and_progress_answer_during_a_propagation(svc):
             c.call("put_frames", {"session": sid, "start": s, "frames": frames[s : s + 40]})
         c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()},
                idempotent=False)  # fmt: skip
-        fut = c.submit("propagate", {"session": sid, "direction": "forward"})
+        done: list[dict] = []  # the propagate reply, from its own thread (result() pumps)
+        th = threading.Thread(
+            target=lambda: done.append(
+                c.call("propagate", {"session": sid, "direction": "forward"})
+            )
+        )
+        th.start()
         seen_progress, seen_partial = [], False
         with Client(svc.endpoint, timeout=10) as poll:
-            while not fut.done():
+            while th.is_alive():
                 p = poll.call("progress", {"session": sid})
                 if p["propagating"] and 0 < p["done"] < p["total"]:
                     seen_progress.append(p["done"])
                     m = poll.call("masks", {"session": sid, "start": 0})
                     seen_partial |= bool(m["computed"][0, 0])
-        assert fut.result()["recomputed"] == n
+                time.sleep(0.02)
+        th.join()
+        assert done[0]["recomputed"] == n
         assert len(seen_progress) >= 2 and seen_progress == sorted(seen_progress), seen_progress
         assert seen_partial  # masks answered with the frames computed so far
     finally:
