@@ -156,15 +156,13 @@ def test_bounded_progress_drift_and_close_sessions_over_the_wire(svc, scene):
     frames, gt = scene
     c = svc.client
     sid = c.call("start_session", {"height": H, "width": W, "n_frames": T,
-                                   "session": "wiretest-run1-ep0"}, idempotent=False)["session"]  # fmt: skip
+                                   "session": "wiretest-run1-ep0"})["session"]  # fmt: skip
     other = c.call("start_session", {"height": H, "width": W, "n_frames": 2,
-                                     "session": "wiretest-run1-ep1"}, idempotent=False)["session"]  # fmt: skip
+                                     "session": "wiretest-run1-ep1"})["session"]  # fmt: skip
     c.call("put_frames", {"session": sid, "start": 0, "frames": frames})
-    c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()},
-           idempotent=False)  # fmt: skip
+    c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()})  # fmt: skip
     assert c.call("propagate", {"session": sid})["recomputed"] == T
-    c.call("add_prompt", {"session": sid, "frame": 12, "obj_id": 1, "mask": gt[2, 12]},
-           idempotent=False)  # fmt: skip
+    c.call("add_prompt", {"session": sid, "frame": 12, "obj_id": 1, "mask": gt[2, 12]})  # fmt: skip
     r = c.call("propagate", {"session": sid, "bounded": True})
     assert (r["recomputed"], r["spans"]) == (16, [[1, 7, 12], [1, 13, T]])
     p = c.call("progress", {"session": sid})
@@ -188,14 +186,11 @@ def test_masks_and_progress_answer_during_a_propagation(svc):
     n = 160
     frames, gt = moving_scene(n, H, W, seed=3)
     c = svc.client
-    sid = c.call("start_session", {"height": H, "width": W, "n_frames": n}, idempotent=False)[
-        "session"
-    ]
+    sid = c.call("start_session", {"height": H, "width": W, "n_frames": n})["session"]
     try:
         for s in range(0, n, 40):
             c.call("put_frames", {"session": sid, "start": s, "frames": frames[s : s + 40]})
-        c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()},
-               idempotent=False)  # fmt: skip
+        c.call("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": box_of(gt[2, 0]).tolist()})  # fmt: skip
         done: list[dict] = []  # the propagate reply, from its own thread (result() pumps)
         th = threading.Thread(
             target=lambda: done.append(
