@@ -5,7 +5,8 @@ folder (layout: services/exporter/README.md), then prints the counts per split a
 
 Usage:
     python -m tools.sam3_sets --run out/rgbm --output out/sam3-sets --every 5 --negatives 0.15 \
-        --eval-fraction 0.2 --seed 0 [--roles target] [--phrases prompt|role] [--approved-only]
+        --eval-fraction 0.2 --seed 0 [--video-every 1] [--roles target] [--phrases prompt|role] \
+        [--approved-only] [--episodes 0-9,12] [--source moved.zarr]
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", help="only these done episodes, e.g. 0-9,12")
     p.add_argument("--jpeg-quality", type=int, default=95)
     args = p.parse_args(argv)
-    options = {"sam3_every": args.every, "sam3_negatives": args.negatives,
+    options = {"sam3_every": args.every, "sam3_video_every": args.video_every, "sam3_negatives": args.negatives,
                "eval_fraction": args.eval_fraction, "split_seed": args.seed,
                "sam3_roles": args.roles, "sam3_phrases": args.phrases,
                "approved_only": args.approved_only, "jpeg_quality": args.jpeg_quality}  # fmt: skip

@@ -54,6 +54,7 @@ class ExportOptions:
     split_seed: int = 0  # seed of the episode split, negatives and grounding GT points
     approved_only: bool = False  # sam3/grounding: only episodes approved in the studio
     sam3_every: int = 5  # stage 1 takes every k-th frame
+    sam3_video_every: int = 1  # stage 2 videos take every k-th frame (1 = all)
     sam3_negatives: float = 0.15  # stage 1: at most this share of images without any object
     sam3_roles: str = ""  # comma-separated roles to export ('' = every object)
     sam3_phrases: str = "prompt"  # noun phrase: prompt (its words, else role name) | role
@@ -97,6 +98,7 @@ class ExportOptions:
             "sheet_cols": (1, 100),
             "sheet_tile_width": (16, 4096),
             "sam3_every": (1, 100_000),
+            "sam3_video_every": (1, 100_000),
             "grounding_frames": (2, 99),
             "grounding_dilation": (0, 512),
         }

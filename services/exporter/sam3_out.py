@@ -5,7 +5,7 @@
     sam3/stage1/{train,test}/_annotations.coco.json COCO: images, categories, annotations
                                                     (segmentation = COCO RLE, bbox xywh, area,
                                                     iscrowd 0)
-    sam3/stage2/{train,val}/<ep:04d>/<t:05d>.jpg    every frame of the episode
+    sam3/stage2/{train,val}/<ep:04d>/<t:05d>.jpg    every sam3_video_every-th frame (1: all)
     sam3/stage2/{train,val}/annotations.json        YTVIS: videos (file_names), annotations
                                                     (segmentations/bboxes/areas per frame, null
                                                     where absent, noun_phrase), video_np_pairs
@@ -14,7 +14,8 @@
 Stage 1 images: frames t with t % sam3_every == 0. A frame where no exported object is
 present is a negative; negatives are kept (seeded choice) so they make up at most
 sam3_negatives of the episode's images (0.15: the guide's 10-20%). Stage-1 JPEGs are hard
-links of the stage-2 ones. Categories are the distinct noun phrases (option sam3_phrases:
+links of the stage-2 ones where both stages take the frame. Stage-2 file names keep the
+episode's frame index t; `frame_indices` lists them. Categories are the distinct noun phrases (option sam3_phrases:
 `prompt` = the prompt's words, falling back to the role's name; `role` = the role's name),
 ids 1.. in sorted order, the same in every split. Episode e is in the evaluation split
 (stage1 test, stage2 val) per sets.episode_split. With approved_only, only episodes whose done
@@ -76,9 +77,9 @@ def keep_negatives(pos: list[int], neg: list[int], share: float, seed: int,
     """Negative frames to keep so they are at most `share` of the images (seeded)."""
     if share <= 0 or not neg:
         return []
-    n = min(len(neg), int(np.floor(share * len(pos) / (1.0 - share) + 1e-9)))
-    if not pos:  # an episode where the objects never appear: keep a `share` of its frames
-        n = min(len(neg), max(1, int(round(share * len(neg)))))
+    n = min(len(neg), int(np.floor(share * len(pos) / (1.0 - share) + 1e-9)))  # 0 if no pos
+    if n == 0:
+        return []
     rng = np.random.default_rng([seed, episode])
     return sorted(int(t) for t in rng.choice(neg, size=n, replace=False))
 
@@ -109,14 +110,20 @@ class Sam3Writer(Writer):
         (root / "parts").mkdir(parents=True, exist_ok=True)
         self.tmp2 = tmp_path_for(self.dest2)
         self.tmp2.mkdir()
+        self.tmp1 = tmp_path_for(self.dest1)
+        self.tmp1.mkdir()
         self.rles: dict[int, list[dict[str, Any] | None]] = {o: [] for o in self.objs}
 
     def add(self, t0: int, rgb: np.ndarray | None, masks: dict[int, np.ndarray]) -> None:
         if self.skip:
             return
-        quality = self.job.options.jpeg_quality
+        opts = self.job.options
         for i in range(len(rgb)):
-            (self.tmp2 / f"{t0 + i:05d}.jpg").write_bytes(encode_jpeg(rgb[i], quality))
+            t = t0 + i
+            if t % opts.sam3_video_every == 0:
+                (self.tmp2 / f"{t:05d}.jpg").write_bytes(encode_jpeg(rgb[i], opts.jpeg_quality))
+            elif t % opts.sam3_every == 0:  # a stage-1 frame the videos skip
+                (self.tmp1 / f"{t:05d}.jpg").write_bytes(encode_jpeg(rgb[i], opts.jpeg_quality))
         for obj in self.objs:
             self.rles[obj].extend(encode_rles(masks[obj]))
 
@@ -131,14 +138,18 @@ class Sam3Writer(Writer):
         negatives = keep_negatives(present, absent, opts.sam3_negatives, opts.split_seed,
                                    job.episode)  # fmt: skip
         frames = sorted(present + negatives)
-        self.tmp1 = tmp_path_for(self.dest1)
-        self.tmp1.mkdir()
-        for t in frames:
+        keep = set(frames)
+        for t in sampled:
             name = f"{t:05d}.jpg"
-            try:
-                os.link(self.tmp2 / name, self.tmp1 / name)
-            except OSError:  # a filesystem without hard links
-                shutil.copyfile(self.tmp2 / name, self.tmp1 / name)
+            if t % opts.sam3_video_every != 0:
+                if t not in keep:
+                    (self.tmp1 / name).unlink()
+                continue
+            if t in keep:
+                try:
+                    os.link(self.tmp2 / name, self.tmp1 / name)
+                except OSError:  # a filesystem without hard links
+                    shutil.copyfile(self.tmp2 / name, self.tmp1 / name)
         tracks = []
         for obj in self.objs:
             stats = [rle_stats(r) for r in self.rles[obj]]
@@ -150,7 +161,8 @@ class Sam3Writer(Writer):
             })  # fmt: skip
         part = {"episode": job.episode, "split": self.split, "length": n,
                 "width": job.width, "height": job.height, "stage1_frames": frames,
-                "stage1_negatives": negatives, "tracks": tracks}  # fmt: skip
+                "stage1_negatives": negatives, "tracks": tracks,
+                "video_frames": list(range(0, n, opts.sam3_video_every))}  # fmt: skip
         for tmp, dest in ((self.tmp2, self.dest2), (self.tmp1, self.dest1)):
             if opts.fsync:
                 fsync_tree(tmp)
@@ -206,18 +218,21 @@ def ytvis_doc(parts: list[dict[str, Any]], cats: list[dict], cat_id: dict[str, i
     """Stage 2: one YTVIS document of the given episodes (video id = episode + 1)."""
     videos, anns, pairs = [], [], []
     for part in parts:
-        ep, n = part["episode"], part["length"]
-        vid = ep + 1
+        ep = part["episode"]
+        ts = part.get("video_frames", list(range(part["length"])))
+        n, vid = len(ts), ep + 1
         videos.append({"id": vid, "episode": ep, "width": part["width"], "height": part["height"],
-                       "length": n, "file_names": [f"{ep:04d}/{t:05d}.jpg" for t in range(n)]})  # fmt: skip
+                       "length": n, "file_names": [f"{ep:04d}/{t:05d}.jpg" for t in ts],
+                       "frame_indices": ts})  # fmt: skip
         seen: set[int] = set()
         for tr in part["tracks"]:
             cid = cat_id[tr["noun_phrase"]]
             anns.append({"id": len(anns) + 1, "video_id": vid, "category_id": cid,
                          "noun_phrase": tr["noun_phrase"], "obj_id": tr["obj_id"],
                          "iscrowd": 0, "width": part["width"], "height": part["height"],
-                         "length": n, "segmentations": tr["segmentations"],
-                         "bboxes": tr["bboxes"], "areas": tr["areas"]})  # fmt: skip
+                         "length": n, "segmentations": [tr["segmentations"][t] for t in ts],
+                         "bboxes": [tr["bboxes"][t] for t in ts],
+                         "areas": [tr["areas"][t] for t in ts]})  # fmt: skip
             if cid not in seen:
                 seen.add(cid)
                 pairs.append(
@@ -256,6 +271,7 @@ def combine(layout: Layout, done: list[int], n_episodes: int, opts: ExportOption
         n_episodes, opts.eval_fraction, opts.split_seed, included, excluded, names
     )
     record.update({"approved_only": opts.approved_only, "sam3_every": opts.sam3_every,
+                   "sam3_video_every": opts.sam3_video_every,
                    "sam3_negatives": opts.sam3_negatives, "categories": cats})  # fmt: skip
     atomic_write_json(root / "split.json", record, opts.fsync)
     return root

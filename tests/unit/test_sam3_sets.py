@@ -201,3 +201,39 @@ def test_bad_options_are_refused_by_name(tmp_path: Path) -> None:
         with pytest.raises(ExportError, match=f"options.{field}"):
             Export.open(str(tmp_path / "o"), str(src), CAMERA_KEY, ["sam3"], opts,
                         MemoryBudget(1 << 20))  # fmt: skip
+
+
+def test_stage2_every_k_th_frame(tmp_path: Path) -> None:
+    src = make_replay_buffer(tmp_path / "src.zarr", LENGTHS, H, W)
+    sent = run_export(tmp_path / "out", src, {**OPTIONS, "sam3_video_every": 3})
+    root = tmp_path / "out" / "sam3"
+    for folder in ("train", "val"):
+        doc = json.loads((root / "stage2" / folder / "annotations.json").read_text())
+        for video, ann in zip(doc["videos"], doc["annotations"], strict=True):
+            ep, n = video["episode"], LENGTHS[video["episode"]]
+            assert video["frame_indices"] == list(range(0, n, 3)) and video["length"] == -(-n // 3)
+            assert video["file_names"] == [f"{ep:04d}/{t:05d}.jpg" for t in range(0, n, 3)]
+            files = sorted(p.name for p in (root / "stage2" / folder / f"{ep:04d}").iterdir())
+            assert files == [f"{t:05d}.jpg" for t in range(0, n, 3)]
+            for k, t in enumerate(video["frame_indices"]):
+                assert (ann["segmentations"][k] is None) == (not sent[ep][0, t].any())
+    for folder in ("train", "test"):  # stage 1 still has its every-2nd frames (not only 0, 6, ...)
+        coco = COCO(str(root / "stage1" / folder / "_annotations.coco.json"))
+        for img in coco.loadImgs(coco.getImgIds()):
+            assert (root / "stage1" / folder / img["file_name"]).is_file()
+        frames = {img["frame"] for img in coco.loadImgs(coco.getImgIds())}
+        assert any(t % 3 for t in frames)
+        on_disk = list((root / "stage1" / folder).glob("*/*.jpg"))
+        assert len(on_disk) == len(coco.getImgIds())  # dropped negatives are not left behind
+
+
+def test_keep_negatives_share() -> None:
+    from services.exporter.sam3_out import keep_negatives
+
+    pos, neg = list(range(0, 17)), list(range(100, 110))
+    kept = keep_negatives(pos, neg, 0.15, 0, 3)
+    assert len(kept) == 3  # floor(0.15 * 17 / 0.85) = 3: 3 / 20 = 15%
+    assert set(kept) <= set(neg) and kept == keep_negatives(pos, neg, 0.15, 0, 3)
+    assert keep_negatives([], neg, 0.15, 0, 3) == []  # no positives: no negatives either
+    assert keep_negatives(pos, neg, 0.0, 0, 3) == []
+    assert len(keep_negatives(pos, neg[:2], 0.5, 0, 3)) == 2  # fewer negatives than the share
