@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, type=Path, help="new folder for the sets (resumable)")
     p.add_argument("--source", help="the run's source buffer, if it moved (fingerprint checked)")
     p.add_argument("--every", type=int, default=5, help="stage 1: every k-th frame (5)")
+    p.add_argument("--video-every", type=int, default=1, help="stage 2: every k-th frame (1)")
     p.add_argument(
         "--negatives",
         type=float,
