@@ -12,7 +12,7 @@
 
 SHELL := /bin/bash
 PYTHON ?= python3
-SERVICES_CONFIG ?= configs/services.yaml
+# SERVICES_CONFIG (environment or make argument) picks the services config; unset = configs/services.yaml
 export SERVICES_CONFIG
 CLI_PY := .venvs/cli/bin/python
 TEST_PY := .venvs/test/bin/python

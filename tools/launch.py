@@ -39,7 +39,13 @@ import sys
 import time
 from pathlib import Path
 
-from protocol.config import ConfigError, ServiceConfig, load_services
+from protocol.config import (
+    ConfigError,
+    ServiceConfig,
+    describe_services_source,
+    load_services,
+    services_config_path,
+)
 from protocol.errors import RemoteError, ServiceUnavailable
 from protocol.server import DRAIN_TIMEOUT_S, RUN_TOKEN_ENV
 from protocol.spawn import ServiceProcess, StartError, service_args, spawn, tail
@@ -403,7 +409,11 @@ def logs(config: str, n: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.launch", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=os.environ.get("SERVICES_CONFIG", "configs/services.yaml"))
+    ap.add_argument(
+        "--config",
+        default=None,
+        help="services config (default: $SERVICES_CONFIG, else configs/services.yaml)",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("env", help="build a service environment")
     e.add_argument("service")
@@ -427,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     lg = sub.add_parser("logs", help="tail of every service log")
     lg.add_argument("-n", type=int, default=40)
     a = ap.parse_args(argv)
+    a.config, origin = services_config_path(a.config)  # one rule for every command
+    print(describe_services_source(a.config, origin), file=sys.stderr, flush=True)
     try:
         if a.cmd == "env":
             sc = load_services(a.config).services.get(a.service)
