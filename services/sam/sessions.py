@@ -32,14 +32,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from protocol.errors import BadRequest, NotFound, Overloaded, Unsupported
 from services.sam.backends.base import DIRECTIONS, Prompt, SamBackend
 from services.sam.drift import drift_scores_packed
-from services.sam.merge import PassMerge, plan_propagation, spans
+from services.sam.merge import plan_propagation
+from services.sam.propagation import Propagated, run_plan
 from services.sam.store import Progress, Session
 from services.sam.validation import check_box, check_mask, check_points
 
@@ -51,16 +51,6 @@ MAX_SIDE = 8192  # largest accepted frame height/width
 
 def not_found(sid: str) -> NotFound:
     return NotFound(f"Cannot find session {sid}; it might have expired")
-
-
-@dataclass
-class Propagated:
-    """What one propagate call did."""
-
-    frames: int  # frames the call covered (bounded: the frames of its windows)
-    obj_ids: list[int]
-    recomputed: int  # distinct frames the backend segmented (a result stored) in this call
-    spans: list[list[int]]  # [[obj_id, start, stop], ...] half-open runs recomputed per object
 
 
 class SessionManager:
@@ -347,62 +337,11 @@ class SessionManager:
                         f"[{lo}, {hi}]) not received yet; put_frames them before propagate"
                     )
             try:
-                return self._run(s, plan, direction, bounded, on_progress)
+                with _backend_errors("propagate"):
+                    return run_plan(self.backend, s, plan, direction, on_progress)
             finally:
                 s.progress = Progress(False, s.progress.done, s.progress.total, direction)
                 s.last_used = self.clock()
-
-    def _run(self, s: Session, plan, direction, bounded, on_progress) -> Propagated:
-        # the both-direction merge rule, for every backend (merge.py)
-        merge = PassMerge(plan.passes, s.keyframes, s.present, s.n_frames)
-        call = plan.frames()  # (T,) bool: a bounded call stores results only here
-        stored: dict[int, np.ndarray] = {}  # obj -> (T,) bool, stored in this call
-        kept: dict[int, dict[int, str]] = {}  # obj -> {frame: pass of the stored result}
-        total, done, last = plan.total, 0, None
-        s.progress = Progress(True, 0, total, direction)
-        with _backend_errors("propagate"):
-            for t, per_obj in self.backend.propagate(s.state, plan.windows):
-                d = merge.direction_of(per_obj, t)
-                if not bounded or call[t]:  # a backend computing more than asked: the plan
-                    self._keep(s, plan, merge, d, t, per_obj, kept, stored)
-                if t != last:  # one frame step done (a frame may come in several yields)
-                    last, done = t, min(total, done + 1)
-                    s.progress = Progress(True, done, total, direction)
-                    if on_progress is not None:
-                        on_progress(done, total)
-        if done < total:  # e.g. a retried call classical skips: nothing to redo
-            s.progress = Progress(True, total, total, direction)
-            if on_progress is not None:
-                on_progress(total, total)
-        any_frame = np.zeros(s.n_frames, bool)
-        for f in stored.values():
-            any_frame |= f
-        frames = int(call.sum()) if bounded else int(_covered(plan.passes, s.n_frames).sum())
-        return Propagated(frames, s.obj_ids, int(any_frame.sum()), spans(stored))
-
-    def _keep(self, s, plan, merge, d, t, per_obj, kept, stored) -> None:
-        """Store one yield's masks the merge rule keeps; the other pass's go to s.other."""
-        for oid, m in per_obj.items():
-            prev = kept.setdefault(oid, {}).get(t)
-            if merge.keep(d, t, oid):
-                if prev is not None and prev != d:  # keep the loser for drift alarms
-                    s.store_other(t, oid, s.packed(t, oid))
-                elif prev is None:
-                    s.store_other(t, oid, None)
-                s.store(t, oid, m, made_by=self._made_by(plan, d, t, oid))
-                kept[oid][t] = d
-                stored.setdefault(oid, np.zeros(s.n_frames, bool))[t] = True
-            elif prev is not None and prev != d:
-                s.store_other(t, oid, np.packbits(m, axis=-1))
-
-    @staticmethod
-    def _made_by(plan, d: str, t: int, oid: int) -> int | None:
-        """The serial a stored (oid, t) result of pass d comes from; None keeps the old one (a
-        bounded call's update of an object it does not recompute there: non-overlap)."""
-        if plan.recompute is not None and not (oid in plan.recompute and plan.recompute[oid][t]):
-            return None
-        ser = plan.serials[d].get(oid)
-        return -1 if ser is None else int(ser[t])
 
     def progress(self, sid: str) -> dict:
         """{propagating, done, total, direction} of the session's propagation; never waits."""
@@ -510,13 +449,6 @@ class SessionManager:
             raise BadRequest(f"{name}: frame {frame} is outside [0, {s.n_frames})")
         if need_received and not s.received[frame]:
             raise BadRequest(f"{name}: frame {frame} not received yet; put_frames it first")
-
-
-def _covered(passes, n_frames: int) -> np.ndarray:
-    covered = np.zeros(n_frames, bool)
-    for _, lo, hi in passes:
-        covered[lo : hi + 1] = True
-    return covered
 
 
 @contextlib.contextmanager

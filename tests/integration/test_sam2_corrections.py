@@ -39,11 +39,20 @@ def tiny_ckpt(tmp_path_factory) -> str:
     return str(path)
 
 
-def make_backend(ckpt: str, corrections: bool = True) -> Sam2Backend:
+@pytest.fixture(scope="module")
+def backend(tiny_ckpt) -> Sam2Backend:
     torch.set_num_threads(2)
-    b = Sam2Backend(checkpoint=ckpt, device="cpu", hydra_overrides=SMALL, corrections=corrections)
+    b = Sam2Backend(checkpoint=tiny_ckpt, device="cpu", hydra_overrides=SMALL)
     b.setup()
     return b
+
+
+@pytest.fixture()
+def sam2_defaults(backend, monkeypatch) -> Sam2Backend:
+    """The same model with SAM2's defaults for corrections (the backend's fix off)."""
+    monkeypatch.setattr(backend, "corrections", False)
+    monkeypatch.setattr(backend.model, "add_all_frames_to_correct_as_cond", False)
+    return backend
 
 
 def record_inference(monkeypatch, model) -> list[dict]:
@@ -80,8 +89,9 @@ def tracked_session(b: Sam2Backend) -> tuple[SessionManager, str, np.ndarray]:
     return mgr, sid, corr[0]
 
 
-def test_a_correction_takes_effect_and_only_its_span_is_recomputed(tiny_ckpt, monkeypatch):
-    b = make_backend(tiny_ckpt)
+def test_a_correction_takes_effect_and_only_its_span_is_recomputed(backend, monkeypatch):
+    b = backend
+    assert b.model.add_all_frames_to_correct_as_cond  # set up by the backend
     calls = record_inference(monkeypatch, b.model)
     mgr, sid, corr = tracked_session(b)
     (click,) = [c for c in calls if c["points"]]
@@ -106,10 +116,10 @@ def test_a_correction_takes_effect_and_only_its_span_is_recomputed(tiny_ckpt, mo
     assert np.array_equal(unpack(mgr.masks(sid)[3], W)[0][5], corr)
 
 
-def test_without_the_fix_sam2_recomputes_the_corrected_frame(tiny_ckpt, monkeypatch):
+def test_without_the_fix_sam2_recomputes_the_corrected_frame(sam2_defaults, monkeypatch):
     """The pitfall itself (corrections=False: SAM2's defaults): the clicked frame is a
     non-conditioning output, and the next propagation re-runs it without the clicks."""
-    b = make_backend(tiny_ckpt, corrections=False)
+    b = sam2_defaults
     calls = record_inference(monkeypatch, b.model)
     mgr, sid, _ = tracked_session(b)
     assert mgr.get(sid).state.cleared == {}
@@ -124,7 +134,8 @@ def test_without_the_fix_sam2_recomputes_the_corrected_frame(tiny_ckpt, monkeypa
 
 def build_test_family(config_file, ckpt_path, device, mode, hydra_overrides_extra, **kw):
     """The builder of the second SAM2-API entry: any module:function with sam2's builder
-    signature. Here sam2's own builder on another config (hiera small), recording the call."""
+    signature. Here sam2's own builder, recording the call (the tiny config keeps CPU time
+    small; another size is only another config name)."""
     from sam2.build_sam import build_sam2_video_predictor
 
     BUILT.append(config_file)
@@ -140,8 +151,8 @@ def test_a_second_sam2_api_entry_is_one_family_entry(tmp_path, monkeypatch):
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(1)
-    model = build_sam2("configs/sam2.1/sam2.1_hiera_s.yaml", None, device="cpu")
-    ckpt = tmp_path / "robotam_small.pt"  # the entry's own checkpoint naming
+    model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
+    ckpt = tmp_path / "robotam_tiny.pt"  # the entry's own checkpoint naming
     torch.save({"model": model.state_dict()}, ckpt)
     entry = sam2_build.Sam2Family(
         name="robotam",
@@ -159,9 +170,9 @@ def test_a_second_sam2_api_entry_is_one_family_entry(tmp_path, monkeypatch):
     torch.set_num_threads(2)
     b = Sam2Backend(checkpoint=str(ckpt), family="robotam", device="cpu", hydra_overrides=SMALL)
     b.setup()
-    assert BUILT == ["configs/sam2.1/sam2.1_hiera_s.yaml"]  # built by the entry's builder
+    assert BUILT == ["configs/sam2.1/sam2.1_hiera_t.yaml"]  # built by the entry's builder
     info = b.info()
-    assert (info["family"], info["model"]) == ("robotam", "configs/sam2.1/sam2.1_hiera_s.yaml")
+    assert (info["family"], info["model"]) == ("robotam", "configs/sam2.1/sam2.1_hiera_t.yaml")
     name = "sam_mask_decoder.iou_prediction_head.layers.0.weight"
     assert torch.equal(b.model.state_dict()[name], model.state_dict()[name])  # from the file
     mgr = SessionManager(b)
