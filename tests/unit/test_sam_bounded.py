@@ -220,3 +220,26 @@ def test_close_sessions_by_prefix():
     assert mgr.close_sessions("run-abc123") == ["run-abc123-ep0", "run-abc123-ep1"]
     assert [d["session"] for d in mgr.describe()] == ["run-xyz999-ep0"]
     assert mgr.close_sessions("run-abc123") == []
+
+
+class TextWithoutCapability(WindowsDouble):
+    """TEST DOUBLE with a contradiction: the text prompt kind but no text_prompts capability."""
+
+    prompt_kinds = frozenset({"mask", "text"})
+
+
+def test_capabilities_are_declared_consistently(monkeypatch):
+    from services.sam.backends import BACKENDS, create_backend
+    from services.sam.backends.base import Prompt, Window
+
+    monkeypatch.setitem(BACKENDS, "bad-caps", f"{__name__}:TextWithoutCapability")
+    with pytest.raises(TypeError, match="text_prompts exactly when 'text' is a prompt kind"):
+        create_backend("bad-caps")
+    mgr = SessionManager(WindowsDouble())
+    with pytest.raises(Unsupported, match="segment_image: backend 'windows-test-double' has no"):
+        mgr.check_capability("segment_image", "segment_image", "use backend sam2 or classical")
+    assert Prompt(0, 1, box=np.zeros(4, np.float32), text="arm").kinds == ["box", "text"]
+    w = Window("backward", 2, 5)
+    assert list(w.frames) == [5, 4, 3, 2] and len(w) == 4
+    with pytest.raises(ValueError, match="'forward' or 'backward'"):
+        Window("both", 0, 1)
