@@ -52,6 +52,14 @@ def _open(page, ep: int) -> None:
     )
 
 
+def _clicked(page, before: int) -> None:
+    page.wait_for_function(f"window.studio.ann.latencies.length > {before}", timeout=120_000)
+
+
+def _n(page) -> int:
+    return page.evaluate("window.studio.ann.latencies.length")
+
+
 def _propagate(page) -> dict:
     page.evaluate("window.studio.ann.last = null")
     page.keyboard.press("p")
@@ -76,12 +84,12 @@ def run(data: Path, clicks: int) -> dict:
             _open(page, 1)
             n1 = len(gt1)
             frames = [t for t in np.linspace(0, n1 - 1, clicks).astype(int) if _centre(gt1[t])]
-            for i, t in enumerate(frames):
+            for t in frames:
                 page.evaluate(f"window.studio.ann.go({t})")
                 x, y = _centre(gt1[t])
+                before = _n(page)
                 page.click("#canvas", position={"x": x, "y": y})
-                page.wait_for_function(f"window.studio.ann.latencies.length >= {i + 1}",
-                                       timeout=60_000)  # fmt: skip
+                _clicked(page, before)
             lat = np.array(page.evaluate("window.studio.ann.latencies"), float)
             # -- propagation + correction on episode 0 -----------------------------------------
             gt0 = m.gt(0)
@@ -89,19 +97,21 @@ def run(data: Path, clicks: int) -> dict:
             _open(page, 0)
             x0, y0, x1, y1 = m.target_box(0)
             page.keyboard.press("b")
+            before = _n(page)
             cb = page.locator("#canvas").bounding_box()
             page.mouse.move(cb["x"] + x0 - 4, cb["y"] + y0 - 4)
             page.mouse.down()
             page.mouse.move(cb["x"] + x1 + 4, cb["y"] + y1 + 4, steps=4)
             page.mouse.up()
-            page.wait_for_function("window.studio.ann.latencies.length >= 1", timeout=60_000)
+            _clicked(page, before)
             page.keyboard.press("b")
             first = _propagate(page)
             k = 3 * n0 // 4
             page.evaluate(f"window.studio.ann.go({k})")
             cx, cy = _centre(gt0[k])
+            before = _n(page)
             page.click("#canvas", position={"x": cx, "y": cy})
-            page.wait_for_function("window.studio.ann.latencies.length >= 2", timeout=60_000)
+            _clicked(page, before)
             corr = _propagate(page)
             # -- scrubbing (overlay on), browser cache cold then warm -----------------------------
             page.reload()

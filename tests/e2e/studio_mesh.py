@@ -54,6 +54,7 @@ class StudioMesh:
     config: Path
     options: dict
     services: dict = field(default_factory=dict)  # name -> RunningService (reader, sam, exporter)
+    extra: list = field(default_factory=list)  # processes a test started (stopped at the end)
     studio: subprocess.Popen | None = None
     url: str = ""
     log: Path | None = None
@@ -119,3 +120,5 @@ def studio_mesh(tmp: Path, episodes: int = 2, frames: int = 40, extra: dict | No
         finally:
             if m.studio is not None:
                 stop_process(m.studio)
+            for p in m.extra:
+                stop_process(p)

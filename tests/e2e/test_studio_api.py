@@ -5,6 +5,7 @@ Usage: .venvs/test/bin/python -m pytest -q tests/e2e/test_studio_api.py
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -124,8 +125,9 @@ def test_a_service_down_is_reported_and_the_studio_recovers(mesh, alice):
     assert h["services"]["sam"] is False and h["services"]["reader"] is True
     s, r = jcall(mesh, "POST", "/api/episodes/0/prompts", point(x=310, y=250), token=alice)
     assert s == 503 and "sam service is down" in r["error"], r
-    sam.proc, _, _ = spawn_service("sam", backend="classical", bind=sam.endpoint,
-                                   log_path=mesh.tmp / "sam2.log")  # fmt: skip
+    proc, _, _ = spawn_service("sam", backend="classical", bind=sam.endpoint,
+                               log_path=mesh.tmp / "sam2.log")  # fmt: skip
+    mesh.extra.append(proc)
     s, r = jcall(mesh, "POST", "/api/episodes/0/prompts", point(x=310, y=250), token=alice)
     assert s == 200, r  # the session was rebuilt on the new sam with every stored prompt
     s, h = jcall(mesh, "GET", "/api/health")
@@ -147,3 +149,69 @@ def test_non_loopback_bind_without_tokens_is_refused(mesh):
     p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "not a loopback address" in p.stderr and "open_registration: false" in p.stderr
+
+
+def test_undo_and_clear_per_object_and_frame(mesh, alice):
+    s, ep = jcall(mesh, "GET", "/api/episodes/0", token=alice)
+    n = len([p for p in ep["prompts"] if p["frame"] == 0 and p["obj_id"] == 1])
+    assert n >= 2
+    s, r = jcall(mesh, "POST", "/api/episodes/0/undo", {"obj_id": 1, "frame": 0}, token=alice)
+    assert s == 200 and r["removed"] == 1
+    s, ep = jcall(mesh, "GET", "/api/episodes/0", token=alice)
+    assert len([p for p in ep["prompts"] if p["frame"] == 0]) == n - 1
+    s, r = jcall(mesh, "POST", "/api/episodes/0/clear", {"obj_id": 1, "frame": 0}, token=alice)
+    assert s == 200 and r["removed"] == n - 1
+    assert not any(base64.b64decode(r["masks"].get("1", "")))  # nothing left on that frame
+    s, r = jcall(mesh, "POST", "/api/episodes/0/undo", {"obj_id": 9, "frame": 0}, token=alice)
+    assert s == 400 and "obj_id: 9" in r["error"]
+
+
+def _propagate(mesh, token: str, **body) -> list[dict]:
+    s, raw = call(mesh, "POST", "/api/episodes/0/propagate", body, token=token)
+    assert s == 200, raw
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def test_rounds_are_kept_and_approve_exports_once(mesh, alice):
+    box = {"obj_id": 1, "frame": 0, "kind": "box", "data": {"box": mesh.target_box(0)}}
+    assert jcall(mesh, "POST", "/api/episodes/0/prompts", box, token=alice)[0] == 200
+    s, r0 = jcall(mesh, "POST", "/api/episodes/0/review", {"action": "save"}, token=alice)
+    s, r1 = jcall(mesh, "POST", "/api/episodes/0/review",
+                  {"action": "again", "note": "mug handle missing"}, token=alice)  # fmt: skip
+    assert (r0["round"], r0["verdict"], r1["round"], r1["verdict"]) == (
+        0,
+        "saved",
+        1,
+        "needs_round",
+    )
+    s, eps = jcall(mesh, "GET", "/api/episodes", token=alice)
+    row = eps["episodes"][0]
+    assert row["status"] == "needs_round" and row["round"] == 1
+    assert row["note"] == "mug handle missing" and row["holder"] == "alice"
+    from protocol.prompts_file import load_prompts_file
+
+    entry = load_prompts_file(r1["prompts_file"]).episode(0)
+    assert entry.round == 1 and entry.approved is False and entry.annotator == "alice"
+    events = _propagate(mesh, alice, direction="both")
+    assert events[0]["type"] == "progress" and events[-1]["type"] == "done"
+    done = events[-1]
+    s, stale = jcall(mesh, "POST", "/api/episodes/0/review",
+                     {"action": "approve", "version": done["version"] - 1}, token=alice)  # fmt: skip
+    assert s == 400 and "version" in stale["error"]
+    s, r2 = jcall(mesh, "POST", "/api/episodes/0/review",
+                  {"action": "approve", "version": done["version"]}, token=alice)  # fmt: skip
+    assert s == 200 and r2["round"] == 2 and r2["verdict"] == "approved", r2
+    marker = json.loads((mesh.tmp / "out" / "done" / "0000.json").read_text())
+    assert (
+        marker["meta"]["round"] == 2 and marker["meta"]["prompts_fingerprint"] == r2["fingerprint"]
+    )
+    assert load_prompts_file(r2["prompts_file"]).episode(0).approved is True
+    s, again = jcall(mesh, "POST", "/api/episodes/0/review",
+                     {"action": "approve", "version": done["version"]}, token=alice)  # fmt: skip
+    assert s == 409 and "already exported" in again["error"]
+    s, ep = jcall(mesh, "GET", "/api/episodes/0", token=alice)
+    assert [r["round"] for r in ep["rounds"]] == [0, 1, 2]  # the refused approve added none
+    s, st = jcall(mesh, "GET", "/api/stats", token=alice)
+    assert st["per_annotator"]["alice"]["approved"] == 1 and st["per_round"]["1"] == {
+        "needs_round": 1
+    }
