@@ -129,6 +129,7 @@ class App:
                 {k: v for k, v in x.items() if k != "entry"} for x in self.store.rounds(ep)],
             "version": work.version if work else 0, "last": work.last if work else {},
             "propagating": bool(work and work.propagating),
+            "session_propagated": bool(work and work.propagated),
             "progress": work.progress if work else None,
         })  # fmt: skip
 

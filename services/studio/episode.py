@@ -59,6 +59,7 @@ class EpisodeWork:
         self.progress = {"done": 0, "total": 0, "direction": None}
         self.drift: dict[int, list[float]] = {}
         self.last: dict = {}  # the last propagation's reply (recomputed, spans)
+        self.propagated = False  # the current sam session holds a propagation (bounded makes sense)
 
     # -- session ---------------------------------------------------------------------------
     def _sam(self, call: calls.Call, timeout: float | None = None) -> dict:
@@ -84,6 +85,7 @@ class EpisodeWork:
         for pr in self.p.store.prompts(self.ep):
             self._send_prompt(pr["obj_id"], pr["frame"], pr["kind"], pr["data"])
         self.version += 1
+        self.propagated = False
         self.ready = True
         log.info("episode %d: session %s ready in %.2f s", self.ep, self.session,
                  time.monotonic() - t0)  # fmt: skip
@@ -332,6 +334,7 @@ class EpisodeWork:
                 "direction": direction,
                 "seconds": round(time.monotonic() - t0, 3),
             }
+            self.propagated = True
             self.p.store.set_status(self.ep, "propagated")
             self.p.store.event(who, self.ep, "propagate", self.last)
             yield {"type": "done", "version": self.version, **self.last,

@@ -36,6 +36,7 @@ export class Annotator {
     say(`opening episode ${ep}…`);
     const d = await api("GET", `/api/episodes/${ep}`);
     this.n = d.frames; this.objects = d.objects; this.prompts = d.prompts; this.status = d.status;
+    this.sessionPropagated = d.session_propagated;
     this.renderSide(d);
     $("slider").max = this.n - 1;
     await this.loadFrame(this.t);
@@ -50,6 +51,7 @@ export class Annotator {
   async refresh() {
     const d = await api("GET", `/api/episodes/${this.ep}`);
     this.objects = d.objects; this.prompts = d.prompts; this.status = d.status;
+    this.sessionPropagated = d.session_propagated;
     this.renderSide(d); this.drawTimeline();
   }
 
@@ -203,7 +205,8 @@ export class Annotator {
   async propagate(direction) {
     if (this.busy) return say("a propagation is running", true);
     this.busy = true;
-    const bounded = this.status === "propagated" || this.status === "prompted" && this.last !== null;
+    // after a first propagation of this sam session, re-propagate only what the new prompts change
+    const bounded = !!this.sessionPropagated;
     const bar = $("progress"); bar.hidden = false; bar.value = 0;
     $("prop-status").textContent = `propagating ${direction}…`;
     try {
