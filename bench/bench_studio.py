@@ -91,6 +91,9 @@ def run(data: Path, clicks: int) -> dict:
                 page.click("#canvas", position={"x": x, "y": y})
                 _clicked(page, before)
             lat = np.array(page.evaluate("window.studio.ann.latencies"), float)
+            tim = page.evaluate("window.studio.ann.timings")
+            sam_ms = np.array([t.get("sam", np.nan) for t in tim], float)
+            studio_ms = np.array([t.get("studio", np.nan) for t in tim], float)
             # -- propagation + correction on episode 0 -----------------------------------------
             gt0 = m.gt(0)
             n0 = len(gt0)
@@ -126,6 +129,9 @@ def run(data: Path, clicks: int) -> dict:
         "correction_frames_recomputed": int(corr["recomputed"]),
         "episode_frames": int(n0),
         "scrub_fps_warm": round(n0 / warm, 1),
+        "sam_add_prompt_ms_p50": round(float(np.nanpercentile(sam_ms, 50)), 1),
+        "studio_overhead_ms_p50": round(float(np.nanpercentile(studio_ms, 50)), 1),
+        "browser_and_http_ms_p50": round(float(np.nanpercentile(lat - sam_ms - studio_ms, 50)), 1),
         "clicks": int(len(lat)),
         "propagate_s": first["seconds"],
         "propagate_frames": first["frames"],
@@ -156,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     r = run(data, a.clicks)
     print(f"click -> mask  p50 {r['click_to_mask_ms_p50']} ms, p95 {r['click_to_mask_ms_p95']} ms "
           f"({r['clicks']} clicks, {r['frame_size'][0]}x{r['frame_size'][1]}; target p50 <= 300 ms)")  # fmt: skip
+    print(f"  of which    sam add_prompt p50 {r['sam_add_prompt_ms_p50']} ms, studio "
+          f"{r['studio_overhead_ms_p50']} ms, browser + HTTP {r['browser_and_http_ms_p50']} ms")  # fmt: skip
     print(f"scrub          {r['scrub_fps']} fps cold browser cache, {r['scrub_fps_warm']} fps warm "
           f"(target >= 20)")  # fmt: skip
     print(f"propagate      {r['propagate_frames']} frames in {r['propagate_s']} s; correction "

@@ -115,7 +115,10 @@ class App:
         req.reply({"episodes": out})
 
     def h_stats(self, req, who, args, body, q) -> None:
-        req.reply(self.store.stats())
+        st = self.store.stats()
+        n = int(self.project.info()["n_episodes"])  # episodes never touched have no row: new
+        st["status"]["new"] = n - sum(v for k, v in st["status"].items() if k != "new")
+        req.reply(st)
 
     def h_episode(self, req, who, args, body, q) -> None:
         ep = args[0]

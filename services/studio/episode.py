@@ -183,6 +183,7 @@ class EpisodeWork:
         return self.masks[oid]
 
     def add_prompt(self, who: str, obj_id, frame, kind, data) -> dict:
+        t0 = time.perf_counter()
         data = self.check_prompt(obj_id, frame, kind, data)
         with self.lock:
             self._idle()
@@ -190,6 +191,7 @@ class EpisodeWork:
             if not self.p.mesh.alive("sam"):  # refuse before storing: no prompt sam never saw
                 raise calls.ServiceDown("sam", "no answer to ping")
             pid = self.p.store.add_prompt(self.ep, obj_id, frame, kind, data, who)
+            t1 = time.perf_counter()
             try:
                 out = self._with_session(lambda: self._send_prompt(obj_id, frame, kind, data))
             except RemoteError as e:  # refused by sam (e.g. text on classical): not kept
@@ -199,7 +201,12 @@ class EpisodeWork:
                 self.ready = False  # the prompt is stored; it is replayed when sam is back
                 raise
             self.version += 1
-            return {"prompt_id": pid, **self.frame_payload(int(out["frame"]))}
+            t2 = time.perf_counter()
+            reply = {"prompt_id": pid, **self.frame_payload(int(out["frame"]))}
+            # where the time went: sam's add_prompt round trip vs the studio's own work
+            reply["timing_ms"] = {"sam": round((t2 - t1) * 1e3, 1),
+                                  "studio": round((time.perf_counter() - t0 - (t2 - t1)) * 1e3, 1)}  # fmt: skip
+            return reply
 
     def _replay_object(self, obj_id: int, frames: set[int]) -> None:
         """After undo/clear: drop the object in sam and send its remaining prompts again."""

@@ -16,7 +16,7 @@ export class Annotator {
     this.bitmaps = new Map(); this.loading = new Set();
     this.masks = new Map(); this.version = 0; this.drift = {}; this.prompts = [];
     this.objects = []; this.sel = 0; this.opacity = 0.5; this.outline = false;
-    this.latencies = []; this.displayed = []; this.last = null; this.status = "new";
+    this.latencies = []; this.timings = []; this.displayed = []; this.last = null; this.status = "new";
     this.busy = false; this.drag = null; this.drawn = -1;
     this.bind();
   }
@@ -184,7 +184,7 @@ export class Annotator {
       this.setFrame(r.frame, r.masks); this.version = r.version;
       this.prompts.push({ obj_id: o.obj_id, frame: r.frame, kind, data, id: r.prompt_id });
       this.render();
-      requestAnimationFrame(() => { this.latencies.push(performance.now() - t0); });
+      requestAnimationFrame(() => { this.latencies.push(performance.now() - t0); this.timings.push(r.timing_ms || {}); });
       say(`${o.name}: ${kind} on frame ${r.frame}` + (this.status === "propagated" ? " — correction: propagate (p) re-computes only the span it changes" : ""));
       this.refresh().catch(() => {});
     } catch (e) { fail(e); }

@@ -27,6 +27,7 @@ function show(view) {
 
 async function route() {
   if (!hasToken()) return show("login");
+  say("");
   $("whoami").textContent = annotator ? "annotator: " + annotator : "";
   try {
     if (!ui.project) {
