@@ -106,8 +106,8 @@ VOS_ARGS ?=
 bench-vos: test-env
 	$(TEST_PY) -m bench.bench_vos --davis $(DAVIS) $(VOS_ARGS)
 
-bench-studio: test-env
-	$(TEST_PY) -m bench.bench_studio
+bench-studio: test-env studio-data
+	$(TEST_PY) -m bench.bench_studio --data $(DEMO_DATA)
 
 clean:
 	rm -rf .run out data/demo .pytest_cache
