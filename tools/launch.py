@@ -50,6 +50,7 @@ from protocol.errors import RemoteError, ServiceUnavailable
 from protocol.server import DRAIN_TIMEOUT_S, RUN_TOKEN_ENV
 from protocol.spawn import ServiceProcess, StartError, service_args, spawn, tail
 from tools.envs import ensure_env, requirement_files
+from tools.launch_config import config_diff, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 # While waiting for a service to come up, unanswered pings are expected: keep the client quiet.
@@ -149,33 +150,6 @@ def _who(info: dict | None) -> str:
     if info is None:
         return "a process that does not answer `info`"
     return f"{info.get('service', '?')} pid {info.get('pid', '?')} (started by another run folder or by hand)"
-
-
-# -- the config a process was started with ------------------------------------------------
-def snapshot(sc: ServiceConfig, bind: str) -> dict:
-    """What of a service's config its process uses (client-only keys such as timeout_s and
-    retries are left out: changing them needs no restart)."""
-    curve = sc.curve
-    return json.loads(json.dumps({
-        "bind": bind, "backend": sc.backend, "options": sc.options,
-        "workers": sc.workers if "workers" in sc.given else None,
-        "queue_size": sc.queue_size if "queue_size" in sc.given else None,
-        "max_msg_bytes": sc.max_msg_bytes, "insecure": sc.insecure, "env": sc.env_name,
-        "curve": {"secret_key": curve.secret_key, "authorized_clients": curve.authorized_clients}
-        if curve else None,
-    }, default=list))  # fmt: skip
-
-
-def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, with both values: ["options.max_sessions: 4 -> 8"]."""
-    out = []
-    for k in sorted(set(old) | set(new), key=str):
-        a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {json.dumps(a)} -> {json.dumps(b)}")
-    return out
 
 
 def _state(path: Path) -> dict | None:
@@ -309,6 +283,8 @@ def up(config: str, services: list[str] | None, bind: str | None, python: str | 
             proc.wait_ready(max(0.0, deadline - time.monotonic()), setting="READY_TIMEOUT_S")
         except StartError as e:
             say(str(e))
+            for ext in ("pid", "json"):  # nothing of ours runs under this tag
+                (run / f"{tag}.{ext}").unlink(missing_ok=True)
             failed = True
             continue
         info = None
