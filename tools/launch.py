@@ -53,8 +53,6 @@ from tools.envs import ensure_env, requirement_files
 from tools.launch_config import config_diff, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
-# While waiting for a service to come up, unanswered pings are expected: keep the client quiet.
-logging.getLogger("protocol.client").setLevel(logging.ERROR)
 READY_TIMEOUT_S = float(os.environ.get("READY_TIMEOUT_S", "180"))  # heavy models load slowly
 STOP_TIMEOUT_S = DRAIN_TIMEOUT_S + 5.0  # SIGTERM grace before SIGKILL: a service drains first
 
@@ -123,6 +121,9 @@ def _tail(path: Path, n: int = 40) -> str:
 
 
 def _info(endpoint: str, cfg: ServiceConfig, timeout: float = 1.0) -> dict | None:
+    # Probing endpoints that may not answer (yet) is expected here: keep the client quiet
+    # (set when probing, not at import, so importing this module changes no one's logging).
+    logging.getLogger("protocol.client").setLevel(logging.ERROR)
     c = cfg.client(timeout=timeout, retries=0, endpoints=[endpoint])
     try:
         return c.call("info", timeout=timeout)
