@@ -261,6 +261,9 @@ class SessionManager:
             known = set(s.keyframes) | set(s.results)
             with _backend_errors("add_prompt"):
                 out = self.backend.add_prompt(s.state, prompt)
+            if self.backend.restarts(prompt):  # the model forgot every earlier prompt
+                s.keyframes.clear()
+                known = set()
             serial = s.add_keyframe(obj_id, frame)
             for oid, m in out.items():
                 if oid == obj_id:

@@ -161,7 +161,7 @@ def test_a_second_sam2_api_entry_is_one_family_entry(tmp_path, monkeypatch):
         image_predictor="sam2.sam2_image_predictor:SAM2ImagePredictor",
         config_dirs=("sam2.1",),
         short_config=lambda text: (
-            "configs/sam2.1/sam2.1_hiera_s.yaml" if "robotam_small" in text else None
+            "configs/sam2.1/sam2.1_hiera_t.yaml" if "robotam_tiny" in text else None
         ),
         dists=("sam2",),
     )

@@ -243,3 +243,32 @@ def test_capabilities_are_declared_consistently(monkeypatch):
     assert list(w.frames) == [5, 4, 3, 2] and len(w) == 4
     with pytest.raises(ValueError, match="'forward' or 'backward'"):
         Window("both", 0, 1)
+
+
+class RestartingDouble(WindowsDouble):
+    """TEST DOUBLE of SAM3's concept prompts: a text prompt restarts the model's session and
+    finds two instances (the caller's id and the next one)."""
+
+    prompt_kinds = frozenset({"mask", "text"})
+    capabilities = frozenset({"text_prompts"})
+
+    def restarts(self, prompt):
+        return prompt.text is not None
+
+    def add_prompt(self, state, prompt):
+        if prompt.text is None:
+            return super().add_prompt(state, prompt)
+        m = np.zeros((4, 8), bool)
+        m[2] = True
+        state["objs"] = {prompt.obj_id, prompt.obj_id + 1}
+        return {prompt.obj_id: m, prompt.obj_id + 1: m}
+
+
+def test_a_restarting_prompt_replaces_the_keyframes_and_new_instances_get_one():
+    mgr, sid = session(RestartingDouble(), np.zeros((6, 4, 8, 3), np.uint8))
+    mgr.add_prompt(sid, 0, 1, mask=prompt_mask())
+    mgr.add_prompt(sid, 1, 1, mask=prompt_mask())
+    mgr.add_prompt(sid, 3, 1, text="robot arm")
+    kf = mgr.get(sid).keyframes
+    assert {o: sorted(k) for o, k in kf.items()} == {1: [3], 2: [3]}
+    assert mgr.propagate(sid, "forward").spans == [[1, 3, 6], [2, 3, 6]]  # from frame 3 on

@@ -143,6 +143,11 @@ class SamBackend(abc.ABC):
         there (non-overlap), and new objects it created (text prompts may find several).
         The session records the frame as a keyframe of prompt.obj_id and of the new objects."""
 
+    def restarts(self, prompt: Prompt) -> bool:
+        """Whether this prompt restarts the model's whole session (SAM3's text/box concept):
+        the session layer then forgets every earlier keyframe before recording this one."""
+        return False
+
     @abc.abstractmethod
     def propagate(
         self, state: object, windows: Sequence[Window]

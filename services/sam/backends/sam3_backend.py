@@ -196,6 +196,9 @@ class Sam3Backend(SamBackend):
         masks = outputs_to_masks(res[1], state.ids, h, w, all_ids=[obj_id])
         return {obj_id: masks[obj_id]}
 
+    def restarts(self, prompt: Prompt) -> bool:
+        return prompt.text is not None or prompt.box is not None  # a concept: a new session
+
     @staticmethod
     def _check_concept(state: Sam3State, obj_id: int) -> None:
         others = sorted((set(state.ids.external_ids()) | state.prompted) - {obj_id})
