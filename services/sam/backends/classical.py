@@ -33,16 +33,20 @@ import cv2
 import numpy as np
 
 from services.sam.backends.base import PASSES, PassMasks, Prompt, SamBackend, Window
+from services.sam.backends.classical_clicks import refine_with_clicks
 from services.sam.backends.classical_ops import (
     ColourModel,
     Flow,
     Tracked,
+    features,
     gray,
     quantise,
     resolve_overlaps,
     track_step,
 )
 from services.sam.backends.classical_prompt import segment_prompt
+from services.sam.backends.classical_track import DEFAULTS as TRACK_DEFAULTS
+from services.sam.backends.classical_track import ObjectTracker
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ class ClassicalBackend(SamBackend):
     def __init__(
         self,
         device: str = "cpu",  # only "cpu"
-        flow_scale: float = 0.5,  # optical flow computed at this fraction of the resolution
+        flow_scale: float = 0.75,  # optical flow computed at this fraction of the resolution
         flow_preset: str = "medium",  # DIS preset: ultrafast | fast | medium
         band: int = 6,  # pixels inside the warped boundary that are re-decided each frame
         grow: int = 3,  # pixels outside it that may join the object each frame
@@ -87,6 +91,8 @@ class ClassicalBackend(SamBackend):
         non_overlap: bool = True,  # a pixel belongs to at most one tracked object
         grabcut_iters: int = 4,  # GrabCut iterations for box/point prompts
         threads: int | None = None,  # cv2.setNumThreads (None: OpenCV's default)
+        tracker: str = "local",  # local: classical_track.py; flow_colour: the first tracker
+        track: dict | None = None,  # classical_track.DEFAULTS overrides (tracker local)
     ) -> None:
         if device != "cpu":
             raise ValueError(f"device: the classical backend runs on 'cpu' only, got {device!r}")
@@ -98,6 +104,13 @@ class ClassicalBackend(SamBackend):
             raise ValueError(
                 "band >= 1, sigma > 0, grabcut_iters >= 1 and 0 <= colour_rate <= 1 are required"
             )
+        if tracker not in ("local", "flow_colour"):
+            raise ValueError(f"tracker: {tracker!r} is not one of ['flow_colour', 'local']")
+        unknown = sorted(set(track or {}) - set(TRACK_DEFAULTS))
+        if unknown:
+            raise ValueError(f"track: unknown key(s) {unknown}; valid: {sorted(TRACK_DEFAULTS)}")
+        self.tracker = tracker
+        self.track = {**TRACK_DEFAULTS, **(track or {})}
         self.device = device
         self.flow_scale = flow_scale
         self.flow_preset = flow_preset
@@ -156,6 +169,8 @@ class ClassicalBackend(SamBackend):
         base = p.get("mask") if p.get("mask") is not None else p.get("prior")
         if len(pts) == 0 and p.get("box") is None:
             m = base
+        elif p.get("box") is None and base is not None and base.any():
+            m = refine_with_clicks(features(img), base, pts, lab)  # corrections near clicks
         else:
             other = [k for k in obj.models if k != frame and obj.models[k] is not None]
             near = min(other, key=lambda k: abs(k - frame)) if other else None
@@ -266,12 +281,15 @@ class ClassicalBackend(SamBackend):
         flow = Flow(self.flow_scale, PRESETS[self.flow_preset])
         cur: dict[int, np.ndarray] = {}
         models: dict[int, ColourModel | None] = {}
+        trackers: dict[int, ObjectTracker | None] = {}
+        local = self.tracker == "local"
         prev_gray = None
         for t in range(first, last + step, step):
             img = st.frames[t]  # (H, W, 3) uint8
             g = gray(img)
             q = None
             maps = None
+            feat = lum = None
             tracks: dict[int, Tracked] = {}
             for oid, o in st.objects.items():
                 if own[oid][t] < 0 or oid in skip:
@@ -280,21 +298,37 @@ class ClassicalBackend(SamBackend):
                 if t in o.keymasks:
                     models[oid] = o.models[t]
                     tracks[oid] = Tracked(o.keymasks[t].copy(), fixed=True)
+                    trackers.pop(oid, None)  # learnt from the keymask below, once final
                     continue
                 if oid not in cur:  # continue an earlier result from just outside
                     cur[oid] = np.unpackbits(o.results[t - step], axis=-1, count=w).astype(bool)
-                    q_prev = quantise(st.frames[t - step])
-                    models[oid] = ColourModel.learn(q_prev, cur[oid]) if cur[oid].any() else None
+                    if local:
+                        f_prev = self._feat(st.frames[t - step])
+                        trackers[oid] = (
+                            ObjectTracker.start(f_prev, cur[oid], self.track)
+                            if cur[oid].any() else None
+                        )  # fmt: skip
+                    else:
+                        q_prev = quantise(st.frames[t - step])
+                        models[oid] = (
+                            ColourModel.learn(q_prev, cur[oid]) if cur[oid].any() else None
+                        )
                 if prev_gray is None:
                     prev_gray = gray(st.frames[t - step])
                 if maps is None:
                     maps = flow.maps(g, prev_gray)  # once per frame pair, for all objects
-                if q is None:
-                    q = quantise(img)
-                m = models[oid]
+                m = trackers.get(oid) if local else models[oid]
                 if m is None or not cur[oid].any():
                     tracks[oid] = Tracked(np.zeros_like(cur[oid]))
                     continue
+                if local:
+                    if feat is None:
+                        feat = self._feat(img)
+                        lum = g.astype(np.float32) / 255.0
+                    tracks[oid] = m.step(feat, lum, cur[oid], maps[0], maps[1])
+                    continue
+                if q is None:
+                    q = quantise(img)
                 tracks[oid] = track_step(
                     cur[oid], maps[0], maps[1], q, m, band=self.band, grow=self.grow,
                     sigma=self.sigma, colour_weight=self.colour_weight,
@@ -327,7 +361,9 @@ class ClassicalBackend(SamBackend):
                 out[e][oid] = tr.mask
                 if oid not in changed:
                     cur[oid] = tr.mask
-                    if tr.sd is not None and not tr.fixed and models[oid] is not None:
+                    if local and own[oid][t] >= 0:
+                        self._learn(trackers, oid, tr, img, feat)
+                    elif tr.sd is not None and not tr.fixed and models[oid] is not None:
                         models[oid] = models[oid].update(q, tr.mask, self.colour_rate)
                 st.objects[oid].results[t] = np.packbits(tr.mask, axis=-1)
                 fresh.setdefault(t, set()).add(oid)
@@ -335,6 +371,18 @@ class ClassicalBackend(SamBackend):
             for masks in sorted(out.values(), key=lambda m: m.direction != d):
                 if masks:
                     yield t, masks
+
+    def _feat(self, img: np.ndarray) -> np.ndarray:
+        return features(img, self.track["l_weight"], self.track["ab_gain"])
+
+    def _learn(self, trackers: dict, oid: int, tr: Tracked, img, feat) -> None:
+        """After a frame: start the object's tracker on a keyframe, else adapt its models."""
+        if not tr.mask.any():
+            trackers[oid] = None
+        elif tr.fixed or trackers.get(oid) is None:
+            trackers[oid] = ObjectTracker.start(self._feat(img), tr.mask, self.track)
+        elif tr.sd is not None:
+            trackers[oid].update(feat if feat is not None else self._feat(img), tr.mask)
 
     # ---- single images ---------------------------------------------------------------
     def segment_image(self, image, boxes, points, labels) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from services.sam.backends.classical_clicks import grabcut_scaled
 from services.sam.backends.classical_ops import (
     NBINS,
     ColourModel,
@@ -26,6 +27,7 @@ from services.sam.backends.classical_ops import (
 )
 
 SEED_DIST = 25.0  # feature distance to a click's colour for 'probably object'
+GRABCUT_SIDE = 640  # px: GrabCut runs with the crop's longer side at most this
 CROP_PAD, CROP_PAD_MIN = 0.5, 24  # GrabCut context around the prompt region (fraction, px)
 
 
@@ -218,20 +220,7 @@ def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[
 def _grabcut(
     img: np.ndarray, gc: np.ndarray, crop: tuple[int, int, int, int], iters: int
 ) -> np.ndarray:
-    """Run GrabCut (mask init) on the crop; pixels outside the crop are background."""
-    x0, y0, x1, y1 = crop
-    sub = np.ascontiguousarray(gc[y0:y1, x0:x1])
-    has_fg = np.isin(sub, (cv2.GC_FGD, cv2.GC_PR_FGD)).any()
-    has_bg = np.isin(sub, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
-    out = np.zeros(gc.shape, bool)
-    if has_fg and has_bg:
-        bgd = np.zeros((1, 65), np.float64)
-        fgd = np.zeros((1, 65), np.float64)
-        part = np.ascontiguousarray(img[y0:y1, x0:x1])
-        cv2.setRNGSeed(0)  # GrabCut's k-means init draws from OpenCV's (thread) RNG
-        try:
-            cv2.grabCut(part, sub, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
-        except cv2.error:  # too few samples for a GMM: keep the seeded labels
-            pass
-    out[y0:y1, x0:x1] = (sub == cv2.GC_FGD) | (sub == cv2.GC_PR_FGD)
-    return out
+    """Run GrabCut (mask init) on the crop, at a working resolution of at most
+    GRABCUT_SIDE px (classical_clicks.grabcut_scaled); pixels outside the crop are
+    background."""
+    return grabcut_scaled(img, gc, crop, iters, GRABCUT_SIDE)

@@ -1,0 +1,113 @@
+"""Corrections of an existing mask by clicks (classical backend), and GrabCut at a bounded
+working resolution. OpenCV only, deterministic.
+
+Usage:
+    m = refine_with_clicks(img, prior, points=np.array([[x, y]]), labels=np.array([1]))
+    out = grabcut_scaled(feat, gc, crop, iters=3, max_side=360)   # (H, W) bool
+
+A click corrects the mask NEAR it: pixels farther than a reach (a fraction of the object's
+size) from every click keep the earlier mask as sure object / sure background, pixels within
+the reach of a click (and a thin band along the earlier boundary) are re-decided by GrabCut,
+whose colour models learn from the whole surrounding object and background; the clicked
+pixels themselves are sure object (positive) / sure background (negative). So one click
+removes a wrong blob or adds a missed part without disturbing the rest of the mask.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from services.sam.backends.classical_ops import bbox, largest_components, pad_box
+
+REACH_FRAC = 0.35  # reach of a click, fraction of the object's size (bbox side)
+REACH_MIN, REACH_MAX = 12, 160  # px
+EDGE_BAND = 2  # px each side of the earlier boundary that GrabCut may also move
+
+
+def grabcut_scaled(
+    feat: np.ndarray, gc: np.ndarray, crop: tuple[int, int, int, int], iters: int,
+    max_side: int = 360,
+) -> np.ndarray:  # fmt: skip
+    """GrabCut (mask init) on `crop` of the (H, W, 3) uint8 image `feat`, run at a scale where
+    the crop's longer side is at most max_side px; sure labels of `gc` stay as given at full
+    resolution, the undecided ones take the upsampled result. Returns (H, W) bool."""
+    x0, y0, x1, y1 = crop
+    sub = np.ascontiguousarray(gc[y0:y1, x0:x1])
+    part = np.ascontiguousarray(feat[y0:y1, x0:x1])
+    ch, cw = sub.shape
+    s = min(1.0, max_side / max(ch, cw))
+    out = np.zeros(gc.shape, bool)
+    if s < 1.0:
+        size = (max(8, round(cw * s)), max(8, round(ch * s)))
+        small = cv2.resize(sub, size, interpolation=cv2.INTER_NEAREST)
+        img = cv2.resize(part, size, interpolation=cv2.INTER_AREA)
+    else:
+        small, img = sub.copy(), part
+    fg_any = np.isin(small, (cv2.GC_FGD, cv2.GC_PR_FGD)).any()
+    bg_any = np.isin(small, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
+    if fg_any and bg_any:
+        bgd = np.zeros((1, 65), np.float64)
+        fgd = np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)  # GrabCut's k-means init draws from OpenCV's (thread) RNG
+        try:
+            cv2.grabCut(img, small, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:  # too few samples for a GMM: keep the seeded labels
+            pass
+    res = ((small == cv2.GC_FGD) | (small == cv2.GC_PR_FGD)).astype(np.float32)
+    if s < 1.0:
+        res = cv2.resize(res, (cw, ch), interpolation=cv2.INTER_LINEAR)
+    dec = res > 0.5
+    dec[sub == cv2.GC_FGD] = True
+    dec[sub == cv2.GC_BGD] = False
+    out[y0:y1, x0:x1] = dec
+    return out
+
+
+def refine_with_clicks(
+    feat: np.ndarray,  # (H, W, 3) uint8 features of the frame
+    prior: np.ndarray,  # (H, W) bool, the earlier mask on this frame
+    points: np.ndarray,  # (N, 2) abs px
+    labels: np.ndarray,  # (N,) 0/1
+    seed_radius: int = 4,
+    iters: int = 3,
+) -> np.ndarray:
+    """Correct `prior` near the clicks (module docstring). Returns (H, W) bool."""
+    h, w = prior.shape
+    b = bbox(prior)
+    pos = [(int(x), int(y)) for (x, y), lb in zip(points, labels, strict=True) if lb == 1]
+    if b is None:
+        b = (min(p[0] for p in pos), min(p[1] for p in pos),
+             max(p[0] for p in pos) + 1, max(p[1] for p in pos) + 1) if pos else None  # fmt: skip
+        if b is None:
+            raise ValueError("add_prompt: only background clicks and no mask to correct")
+    size = max(b[2] - b[0], b[3] - b[1])
+    reach = int(np.clip(REACH_FRAC * size, REACH_MIN, REACH_MAX))
+    near = np.zeros((h, w), np.uint8)
+    for x, y in points.astype(int):
+        cv2.circle(near, (int(x), int(y)), reach, 1, -1)
+    pm = prior.astype(np.uint8)
+    edge = cv2.dilate(pm, np.ones((3, 3), np.uint8), iterations=EDGE_BAND) != cv2.erode(
+        pm, np.ones((3, 3), np.uint8), iterations=EDGE_BAND
+    )
+    free = near.astype(bool) | edge
+    gc = np.where(prior, cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)
+    gc[free & prior] = cv2.GC_PR_FGD
+    gc[free & ~prior] = cv2.GC_PR_BGD
+    for (x, y), lb in zip(points.astype(int), labels, strict=True):
+        cv2.circle(gc, (int(x), int(y)), seed_radius, cv2.GC_FGD if lb == 1 else cv2.GC_BGD, -1)
+    region = b
+    for x, y in points.astype(int):
+        region = (
+            min(region[0], x),
+            min(region[1], y),
+            max(region[2], x + 1),
+            max(region[3], y + 1),
+        )
+    crop = pad_box(region, reach + 16, h, w)
+    out = grabcut_scaled(feat, gc, crop, iters)
+    keep = np.zeros((h, w), bool)
+    for x, y in pos:
+        keep[y, x] = True
+    core = prior & ~near.astype(bool)
+    return largest_components(out, keep | (core & out)) if out.any() else out

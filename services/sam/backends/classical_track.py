@@ -1,0 +1,256 @@
+"""The classical backend's per-object tracker: optical-flow warping, then a per-pixel decision
+from a shape prior, local + global colour models and an edge-aware (guided) filter.
+numpy + OpenCV only, deterministic.
+
+Usage:
+    tr = ObjectTracker.start(feat_key, mask_key)          # at a keyframe (features(img), mask)
+    tracked = tr.step(feat_t, gray_t, mx, my)              # Tracked(.mask (H, W) bool, .sd, .roi)
+
+Per frame, in a region around the object (all figures in pixels of the frame):
+1. shape prior: the previous mask warped by the dense flow (mx, my: for each pixel of this
+   frame, its position in the previous one); its signed distance sd to the warped boundary
+   gives a prior log-odds sd / sigma, clipped, and only pixels within a band around that
+   boundary (its width grows with the object's size and the flow's local spread) may change;
+2. colour: P(object | colour) from histograms over quantised shading-robust features
+   (classical_ops.features): a global model = the keyframe's model (fixed: no drift) blended
+   with a slowly adapted one, and local models per image tile (each tile pooled with its
+   3x3 tile neighbourhood, learnt on the previous frame's result) where a tile saw both
+   object and background; local models tell a white swan from white water nearby, which a
+   global one cannot;
+3. decision: the object probability sigmoid(prior + colour_weight * colour log-odds) is
+   smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
+   image edges), thresholded at 0.5; small holes filled, components not touching the warped
+   core dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from services.sam.backends.classical_ops import Tracked, bbox, disk, pad_box
+
+G_BITS = 4  # global histograms: bins per feature channel = 2**G_BITS
+L_BITS = 3  # local (per tile) histograms
+TILE = 40  # px, local colour model tiles
+EPS = 1e-4
+
+
+def qbins(feat: np.ndarray, bits: int) -> np.ndarray:
+    """(H, W, 3) uint8 features -> (H, W) int32 bin index with 2**bits levels per channel."""
+    q = (feat >> (8 - bits)).astype(np.int32)
+    return (q[..., 0] << (2 * bits)) | (q[..., 1] << bits) | q[..., 2]
+
+
+def _masks_for_learning(mask: np.ndarray, ring: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inner object pixels, background ring 2..ring px around it), both (h, w) bool."""
+    m = mask.astype(np.uint8)
+    inner = cv2.erode(m, disk(1)).astype(bool)
+    if not inner.any():
+        inner = mask
+    d_out = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    return inner, (d_out > 2) & (d_out <= ring)
+
+
+@dataclass
+class GlobalColour:
+    fg: np.ndarray  # (NB,) float32, normalised
+    bg: np.ndarray
+
+    @classmethod
+    def learn(cls, qg: np.ndarray, inner: np.ndarray, ring: np.ndarray) -> GlobalColour:
+        nb = 1 << (3 * G_BITS)
+        fg = np.bincount(qg[inner], minlength=nb).astype(np.float32)
+        bg = np.bincount(qg[ring], minlength=nb).astype(np.float32)
+        return cls(fg / max(1.0, fg.sum()), bg / max(1.0, bg.sum()))
+
+    def blend(self, other: GlobalColour, rate: float) -> GlobalColour:
+        return GlobalColour((1 - rate) * self.fg + rate * other.fg,
+                            (1 - rate) * self.bg + rate * other.bg)  # fmt: skip
+
+
+def _local_hists(ql, inner, ring, ty, tx, nty, ntx):
+    """Per-tile fg/bg histograms pooled over 3x3 tile neighbourhoods: (nty, ntx, NB) each."""
+    nb = 1 << (3 * L_BITS)
+    tile = ty * ntx + tx  # (h, w) tile index of every ROI pixel
+    out = []
+    for sel in (inner, ring):
+        h = np.bincount(tile[sel] * nb + ql[sel], minlength=nty * ntx * nb).astype(np.float32)
+        h = h.reshape(nty, ntx, nb)
+        p = np.pad(h, ((1, 1), (1, 1), (0, 0)))
+        pooled = sum(p[i : i + nty, j : j + ntx] for i in range(3) for j in range(3))
+        out.append(pooled)
+    return out[0], out[1]
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter, gray guide; (h, w) float32 each -> (h, w) float32."""
+    k = (2 * r + 1, 2 * r + 1)
+
+    def box(x):
+        return cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)
+
+    mi, mp = box(guide), box(src)
+    var = box(guide * guide) - mi * mi
+    cov = box(guide * src) - mi * mp
+    a = cov / (var + eps)
+    b = mp - a * mi
+    return box(a) * guide + box(b)
+
+
+class ObjectTracker:
+    """One object's appearance models along one propagation pass (see module docstring)."""
+
+    def __init__(self, key: GlobalColour, params: dict) -> None:
+        self.key = key  # the keyframe's global model (fixed)
+        self.run = key  # adapted global model
+        self.local: tuple | None = None  # (fg, bg, counts...) learnt on the last frame
+        self.p = params
+
+    @classmethod
+    def start(cls, feat: np.ndarray, mask: np.ndarray, params: dict) -> ObjectTracker:
+        tr = cls(GlobalColour(np.zeros(1), np.zeros(1)), params)
+        tr.key = tr.run = tr._learn(feat, mask, first=True)
+        return tr
+
+    # ---- learning -------------------------------------------------------------------
+    def _learn(self, feat: np.ndarray, mask: np.ndarray, first: bool = False) -> GlobalColour:
+        """Learn the local models (and return a global model) from a frame's final mask."""
+        h, w = mask.shape
+        b = bbox(mask)
+        if b is None:
+            self.local = None
+            return self.run
+        size = max(b[2] - b[0], b[3] - b[1])
+        ring = int(max(8, min(60, size // 3)))
+        x0, y0, x1, y1 = pad_box(b, ring + 2, h, w)
+        sub = mask[y0:y1, x0:x1]
+        inner, bgr = _masks_for_learning(sub, ring)
+        f = feat[y0:y1, x0:x1]
+        g = GlobalColour.learn(qbins(f, G_BITS), inner, bgr)
+        ql = qbins(f, L_BITS)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        nty, ntx = (h + TILE - 1) // TILE, (w + TILE - 1) // TILE
+        lf, lb = _local_hists(ql, inner, bgr, yy // TILE, xx // TILE, nty, ntx)
+        self.local = (lf, lb, lf.sum(-1), lb.sum(-1), nty, ntx)
+        return g
+
+    def update(self, feat: np.ndarray, mask: np.ndarray) -> None:
+        g = self._learn(feat, mask)
+        if g is not self.run:
+            self.run = self.run.blend(g, self.p["colour_rate"])
+
+    # ---- one frame ------------------------------------------------------------------
+    def colour_logit(self, feat_roi: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        """(n,) log-odds of object vs background for pixels (yy, xx) of features feat_roi."""
+        qg = qbins(feat_roi, G_BITS)
+        a = self.p["key_weight"]
+        fg = a * self.key.fg + (1 - a) * self.run.fg
+        bg = a * self.key.bg + (1 - a) * self.run.bg
+        pf, pb = fg[qg], bg[qg]
+        if self.local is not None:
+            lf, lb, nf, nbk, nty, ntx = self.local
+            ty = np.minimum(yy // TILE, nty - 1)
+            tx = np.minimum(xx // TILE, ntx - 1)
+            ql = qbins(feat_roi, L_BITS)
+            cf, cb = nf[ty, tx], nbk[ty, tx]
+            ok = (cf >= 30) & (cb >= 30)
+            lpf = lf[ty, tx, ql] / np.maximum(cf, 1)
+            lpb = lb[ty, tx, ql] / np.maximum(cb, 1)
+            # global bins are 8x finer than local ones: compare densities per local bin
+            s = 1 << (3 * (G_BITS - L_BITS))
+            wl = self.p["local_weight"] * ok
+            pf = (1 - wl) * pf * s + wl * lpf
+            pb = (1 - wl) * pb * s + wl * lpb
+        return np.log((pf + EPS) / (pb + EPS))
+
+    def step(self, feat: np.ndarray, lum: np.ndarray, prev: np.ndarray, mx, my) -> Tracked:
+        """Track from the previous frame's mask `prev` to this frame (features `feat`,
+        lightness `lum` (H, W) float32 in [0, 1])."""
+        p = self.p
+        h, w = prev.shape
+        b = bbox(prev)
+        if b is None:
+            return Tracked(prev.copy())
+        size = max(b[2] - b[0], b[3] - b[1])
+        band = int(np.clip(p["band_frac"] * size, p["band"], p["band_max"]))
+        grow = int(np.clip(p["grow_frac"] * size, p["grow"], p["band_max"]))
+        x0, y0, x1, y1 = pad_box(b, band + 2, h, w)
+        dx = mx[y0:y1, x0:x1] - np.arange(x0, x1, dtype=np.float32)[None]
+        dy = my[y0:y1, x0:x1] - np.arange(y0, y1, dtype=np.float32)[:, None]
+        reach = int(np.ceil(max(np.abs(dx).max(), np.abs(dy).max()))) + band + grow + 4
+        x0, y0, x1, y1 = pad_box(b, reach, h, w)
+        soft = cv2.remap(prev.astype(np.float32), mx[y0:y1, x0:x1], my[y0:y1, x0:x1],
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        core = (soft > 0.5).astype(np.uint8)
+        if not core.any():
+            return Tracked(np.zeros((h, w), bool))
+        d_in = cv2.distanceTransform(core, cv2.DIST_L2, 3)
+        d_out = cv2.distanceTransform(1 - core, cv2.DIST_L2, 3)
+        sd = d_in - d_out  # > 0 inside the warped mask
+        inband = (sd <= band) & (sd >= -grow)
+        prior = np.clip(sd / p["sigma"], -p["prior_clip"], p["prior_clip"])
+        score = prior.copy()
+        ys, xs = np.nonzero(inband)
+        feat_roi = feat[y0:y1, x0:x1]
+        cl = self.colour_logit(feat_roi[ys, xs], ys + y0, xs + x0)
+        score[ys, xs] += p["colour_weight"] * np.clip(cl, -6.0, 6.0)
+        prob = 1.0 / (1.0 + np.exp(-score))
+        if p["gf_radius"] > 0:
+            prob = guided_filter(lum[y0:y1, x0:x1], prob.astype(np.float32),
+                                 p["gf_radius"], p["gf_eps"])  # fmt: skip
+        out = np.where(inband, prob > 0.5, core.astype(bool))
+        out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
+        out = fill_holes(out.astype(bool), p["hole_frac"])
+        out = keep_touching(out, core.astype(bool))
+        full = np.zeros((h, w), bool)
+        full[y0:y1, x0:x1] = out
+        return Tracked(full, sd, (x0, y0, x1, y1))
+
+
+def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
+    """Fill background components enclosed by the mask smaller than frac of its area."""
+    inv = (~mask).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
+    if n <= 2:
+        return mask
+    h, w = mask.shape
+    area = max(1, int(mask.sum()))
+    x, y, bw, bh, a = (stats[:, i] for i in range(5))
+    inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (a < frac * area)
+    inner[0] = False
+    return mask | inner[lab]
+
+
+def keep_touching(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Components of mask that overlap core (else the largest)."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    ids = np.unique(lab[core & mask])
+    ids = ids[ids > 0]
+    if len(ids) == 0:
+        return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return np.isin(lab, ids)
+
+
+DEFAULTS = {
+    "band": 10,  # min px inside the warped boundary that are re-decided
+    "band_frac": 0.0,  # ... as a fraction of the object's size (bbox side)
+    "band_max": 24,
+    "grow": 6,  # min px outside the warped boundary that may join the object
+    "grow_frac": 0.0,
+    "sigma": 2.5,  # px per unit of prior log-odds
+    "prior_clip": 6.0,
+    "colour_weight": 1.0,
+    "colour_rate": 0.05,  # per-frame adaptation of the global colour model
+    "key_weight": 0.0,  # share of the keyframe's fixed model in the global colour model
+    "local_weight": 0.0,  # share of the per-tile colour models (0: global model only)
+    "gf_radius": 4,  # guided filter radius (px; 0: off)
+    "gf_eps": 1e-3,
+    "hole_frac": 0.0,  # fill enclosed holes smaller than this fraction of the area
+    "l_weight": 0.25,  # tracker features: lightness weight (classical_ops.features)
+    "ab_gain": 2.0,  # tracker features: chroma gain
+}

@@ -1,0 +1,101 @@
+"""The classical backend's tracker pieces (classical_track.py) and click corrections
+(classical_clicks.py) on small synthetic images with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.sam.backends.classical import ClassicalBackend
+from services.sam.backends.classical_clicks import grabcut_scaled, refine_with_clicks
+from services.sam.backends.classical_ops import Flow, features
+from services.sam.backends.classical_track import (
+    DEFAULTS,
+    ObjectTracker,
+    fill_holes,
+    guided_filter,
+    keep_touching,
+)
+
+
+def scene(h=120, w=160, x0=50, y0=40, size=40):
+    """Textured green background, a red square object."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 1] = 120 + rng.integers(0, 30, (h, w))
+    img[..., 0] = 30 + rng.integers(0, 20, (h, w))
+    m = np.zeros((h, w), bool)
+    m[y0 : y0 + size, x0 : x0 + size] = True
+    img[m] = (200, 40, 40)
+    return img, m
+
+
+def iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def test_guided_filter_keeps_constant_and_edges():
+    guide = np.zeros((20, 20), np.float32)
+    guide[:, 10:] = 1.0
+    src = guide.copy()
+    out = guided_filter(guide, src, 3, 1e-4)
+    assert np.allclose(out, src, atol=1e-2)  # an edge in both: kept
+    flat = np.full((20, 20), 0.3, np.float32)
+    assert np.allclose(guided_filter(guide, flat, 3, 1e-3), 0.3, atol=1e-5)
+
+
+def test_fill_holes_and_keep_touching():
+    m = np.zeros((20, 20), bool)
+    m[2:12, 2:12] = True
+    m[6, 6] = False  # 1-px hole: 1 < 0.02 * 99
+    assert fill_holes(m, 0.02)[6, 6] and not fill_holes(m, 0.0)[6, 6]
+    blob = m.copy()
+    blob[15:18, 15:18] = True
+    core = np.zeros_like(m)
+    core[4, 4] = True
+    kept = keep_touching(blob, core)
+    assert kept[4, 4] and not kept[16, 16]
+
+
+def test_tracker_follows_a_moving_square():
+    img0, m0 = scene(x0=50)
+    img1, m1 = scene(x0=56)  # moved 6 px right
+    flow = Flow(0.5)
+    g0 = img0.mean(-1).astype(np.uint8)
+    g1 = img1.mean(-1).astype(np.uint8)
+    mx, my = flow.maps(g1, g0)
+    f0, f1 = features(img0, 0.25, 2.0), features(img1, 0.25, 2.0)
+    tr = ObjectTracker.start(f0, m0, DEFAULTS)
+    out = tr.step(f1, g1.astype(np.float32) / 255, m0, mx, my)
+    assert iou(out.mask, m1) > 0.9
+
+
+def test_grabcut_scaled_keeps_sure_labels():
+    img, m = scene()
+    gc = np.full(m.shape, 0, np.uint8)  # GC_BGD
+    gc[30:90, 40:100] = 2  # GC_PR_BGD
+    gc[m] = 3  # GC_PR_FGD
+    gc[55:65, 65:75] = 1  # GC_FGD
+    out = grabcut_scaled(features(img), gc, (30, 20, 120, 100), 3, max_side=40)
+    assert out[55:65, 65:75].all() and not out[:20].any()
+    assert iou(out, m) > 0.8
+
+
+def test_click_adds_a_missed_part_and_removes_a_wrong_one():
+    img, m = scene()
+    prior = m.copy()
+    prior[40:80, 70:90] = False  # right half missed
+    prior[10:20, 10:20] = True  # a wrong blob on the background
+    feat = features(img)
+    add = refine_with_clicks(feat, prior, np.array([[80, 60]], np.float32), np.array([1]))
+    assert iou(add, m | prior) > 0.9 and add[60, 85]
+    cut = refine_with_clicks(feat, prior, np.array([[15, 15]], np.float32), np.array([0]))
+    assert not cut[10:20, 10:20].any() and cut[50:70, 55:65].all()
+
+
+def test_backend_options_are_checked():
+    with pytest.raises(ValueError, match="tracker"):
+        ClassicalBackend(tracker="nope")
+    with pytest.raises(ValueError, match="track: unknown"):
+        ClassicalBackend(track={"sigmaa": 1})
+    assert ClassicalBackend(track={"sigma": 3}).track["sigma"] == 3
