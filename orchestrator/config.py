@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocol.config import read_yaml
-from protocol.vocab import ARM_ROLES, OUTPUTS, Direction
+from protocol.vocab import ARM_ROLES, OUTPUTS
 
 PIPELINES = ("rgbm", "arm_only")
 DEFAULT_OBJ_IDS = {"arm_left": 1, "arm_right": 2, "gripper_left": 3, "gripper_right": 4}
@@ -30,11 +30,29 @@ class PipelineConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class GraspConfig:
+    """rgbm `prompt.frame: grasp`: the low-dim signal whose closing marks the grasp frame
+    (orchestrator/prompt_frame.py). None = the key's default (right_state: dim 7, smaller;
+    robot0_gripper_width: dim 0, smaller)."""
+
+    key: str | None = None  # data/<key>; None = right_state, else robot0_gripper_width
+    dim: int | None = None  # which dimension holds the gripper opening
+    threshold: float | None = None  # None = midway between the episode's open/closed levels
+    closing: Literal["smaller", "larger"] | None = None  # closing makes the value ...
+    hold: int = 3  # frames the signal must stay closed to count as a grasp
+
+
+@dataclass(frozen=True)
 class PromptConfig:
     """rgbm: where each episode's target prompt comes from."""
 
     source: Literal["vlm", "file", "text"] = "vlm"  # VLM bbox | prompts file target | SAM3 text
-    frame: int = 0  # episode frame the VLM boxes / the text prompt goes on (vlm, text)
+    frame: int | str = 0  # episode frame of the VLM box / text prompt: index (-1 = last),
+    # "last" or "grasp" (vlm, text); a prompts file's per-episode `frame` wins
+    describe: Literal["auto", "held", "instruction"] = "auto"  # what the VLM boxes: held = the
+    # object the gripper holds (planner task identify_held_object), instruction = the
+    # episode's instruction; auto = held on last/negative/grasp frames, else instruction
+    grasp: GraspConfig = field(default_factory=GraspConfig)
     instruction: str | None = None  # what the VLM boxes; None = the episode's instruction attr
     instruction_attr: str = "instruction"  # key in the buffer attrs `episodes[i]` (vlm)
     text: str | None = None  # SAM3 text prompt (source: text)
@@ -79,7 +97,9 @@ class PipelineConfig:
     pipeline: Literal["rgbm", "arm_only"]
     version: int = 1
     camera_key: str | None = None  # data/<key> (T, H, W, 3) uint8 RGB; None = the only such key
-    direction: Direction = "both"  # every propagate call (protocol.vocab.DIRECTIONS)
+    direction: Literal["forward", "backward", "both", "auto"] = "auto"  # every propagate call
+    # (protocol.vocab.DIRECTIONS, or auto: backward when an episode's target prompt is on its
+    # last frame, else both)
     outputs: tuple[str, ...] = ()  # exporter outputs; () = (pipeline,)
     export_options: dict = field(default_factory=dict)  # exporter open_export options
     prompts_file: str | None = None  # per-episode prompts (configs/prompts/*.yaml)
@@ -166,8 +186,8 @@ def _build(cls: type, raw: Any, where: str, nested: dict[str, type] | None = Non
         path = f"{where}.{k}" if where else str(k)
         if k not in names:
             raise _fail(path, f"unknown key; valid keys are {names}")
-        if k in nested:
-            kw[k] = _build(nested[k], v, path)
+        if k in nested or dataclasses.is_dataclass(hints[k]):
+            kw[k] = _build(nested.get(k, hints[k]), v, path)
             continue
         if not _type_ok(hints[k], v):
             raise _fail(path, f"expected {_describe(hints[k])}, got {v!r}")
@@ -202,8 +222,18 @@ def _check_obj_id(where: str, v: Any) -> int:
 
 def _check_rgbm(cfg: PipelineConfig) -> None:
     p = cfg.prompt
-    if p.frame < 0:
-        raise _fail("prompt.frame", f"must be >= 0 (episode-relative), got {p.frame}")
+    if isinstance(p.frame, str) and p.frame not in ("last", "grasp"):
+        raise _fail("prompt.frame", f"{p.frame!r}: use an index (-1 = last), last or grasp")
+    if p.source == "file" and p.frame != 0:
+        raise _fail("prompt.frame", "not used with prompt.source: file (the file's "
+                    "episodes.<i>.target.frame says where the box goes); remove it")  # fmt: skip
+    g = p.grasp
+    if g.hold < 1:
+        raise _fail("prompt.grasp.hold", f"must be >= 1 frame, got {g.hold}")
+    if g.dim is not None and g.dim < 0:
+        raise _fail("prompt.grasp.dim", f"must be >= 0, got {g.dim}")
+    if g.key is not None and (not g.key or "/" in g.key):
+        raise _fail("prompt.grasp.key", f"{g.key!r}: give the name under data/, e.g. right_state")
     _check_obj_id("prompt.obj_id", p.obj_id)
     if p.source == "file" and not cfg.prompts_file:
         raise _fail(

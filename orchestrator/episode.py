@@ -111,7 +111,7 @@ class SamRunner:
                 times["prompt"] += _now() - t
                 t = _now()
                 self._check_stop()
-                body = {"session": sid, "direction": self.direction}  # one blocking call,
+                body = {"session": sid, "direction": plan.direction}  # one blocking call,
                 self.client.call("propagate", body, timeout=self.run_cfg.propagate_timeout_s)
                 times["propagate"] += _now() - t
                 meta_stages.append(self._stage_meta(stage, stream))
@@ -125,8 +125,10 @@ class SamRunner:
         finally:
             self.close(sid, wait_s=QUIET_CLOSE_TIMEOUT_S if quiet else CLOSE_TIMEOUT_S)
         self._check_required(plan, chunks)
-        meta = {"pipeline": self.pipeline, "direction": self.direction, "stages": meta_stages,
+        meta = {"pipeline": self.pipeline, "direction": plan.direction, "stages": meta_stages,
                 **prompts_record(plan)}  # fmt: skip
+        if plan.prompt_info:  # rgbm: where the target prompt went and why (+ the held object)
+            meta["prompt"] = {**plan.prompt_info, **stream.prompt_info}
         return ExportJob(
             plan, attempt, plan.obj_ids, chunks, width, meta, self.endpoint, times, stats
         )

@@ -96,6 +96,7 @@ class PromptOp:
     rel: bool = False
     vlm: str | None = None  # the description the VLM boxes
     origin: str = field(default="", compare=False)  # where the prompt comes from (dry-run)
+    held: bool = False  # vlm: first ask which object the gripper holds, then box that
 
     def body(self, session: str, box: list[float] | None = None) -> dict:
         """The add_prompt request body (`box` = the VLM's answer for a vlm prompt)."""
@@ -113,7 +114,9 @@ class PromptOp:
         return b
 
     def describe(self, origin: bool = False) -> str:
-        kinds = [k for k, v in (("text", self.text), ("vlm box", self.vlm), ("box", self.box),
+        what = "held object" if self.held else "instruction"
+        vlm = "held" if self.held else self.vlm
+        kinds = [k for k, v in (("text", self.text), (f"vlm box of the {what}", vlm), ("box", self.box),
                                 ("points", self.points)) if v is not None]  # fmt: skip
         out = f"{self.role}#{self.obj_id}@{self.frame}:{'+'.join(kinds)}"
         return f"{out} <- {self.origin}" if origin and self.origin else out
@@ -130,6 +133,8 @@ class PromptOp:
             d["text"] = self.text
         if self.vlm is not None:
             d["vlm"] = self.vlm
+        if self.held:
+            d["held"] = True
         if self.rel:
             d["rel"] = True
         return d
@@ -153,6 +158,8 @@ class EpisodePlan:
     require_any: tuple[int, ...] = ()  # at least one of these objects must have a mask
     prompts_fingerprint: str | None = None  # the prompts-file entry's episode_fingerprint()
     prompts_round: int | None = None  # the entry's `round` (written by the studio), if any
+    direction: str = "both"  # propagate direction of this episode (config `auto` resolved)
+    prompt_info: dict = field(default_factory=dict)  # rgbm: frame, why (prompt_frame.py)
 
     @property
     def obj_ids(self) -> list[int]:
@@ -246,12 +253,50 @@ def _instruction(cfg: PipelineConfig, ds: DatasetInfo, ep: int) -> str | None:
     return None
 
 
-def plan_rgbm(cfg: PipelineConfig, ds: DatasetInfo, ep: int,
-              pf: PromptsFile | None) -> tuple[EpisodePlan | None, list[str]]:  # fmt: skip
+def _direction(cfg: PipelineConfig, frame: int | None, n: int) -> str:
+    """`auto`: backward from a prompt on the last frame, both otherwise."""
+    if cfg.direction != "auto":
+        return cfg.direction
+    return "backward" if frame is not None and n > 1 and frame == n - 1 else "both"
+
+
+def _simple_choice(cfg: PipelineConfig, ep: int, n: int) -> tuple[Any, str | None]:
+    """prompt.frame without a reader: an index or `last` (grasp needs resolve_frames)."""
+    from orchestrator.prompt_frame import FrameChoice, FrameError, index_frame
+
+    spec = cfg.prompt.frame
+    held = cfg.prompt.describe == "held"
+    if spec == "grasp":
+        return (
+            None,
+            f"episode {ep}: prompt.frame grasp needs the gripper signal: plan with "
+            "orchestrator.prompt_frame.resolve_frames (run/dry-run do)",
+        )
+    if spec == "last":
+        return FrameChoice(
+            n - 1, f"last (t={n - 1})", spec, held=held or cfg.prompt.describe == "auto"
+        ), None
+    try:
+        f = index_frame(int(spec), n, f"episode {ep}: prompt.frame")
+    except FrameError as e:
+        return None, str(e)
+    auto = cfg.prompt.describe == "auto" and int(spec) < 0
+    return FrameChoice(f, f"frame {spec}", spec, held=held or auto), None
+
+
+def plan_rgbm(cfg: PipelineConfig, ds: DatasetInfo, ep: int, pf: PromptsFile | None,
+              choice: Any = None) -> tuple[EpisodePlan | None, list[str]]:  # fmt: skip
+    """One rgbm episode; `choice` (prompt_frame.FrameChoice) overrides prompt.frame."""
     start, stop = ds.bounds(ep)
     n = stop - start
     pc = cfg.prompt
     chk = _Checker(f"episode {ep}", n, ds.height, ds.width, rel=False)
+    if choice is None and pc.source != "file":
+        choice, err = _simple_choice(cfg, ep, n)
+        if err:
+            return None, [err]
+    frame = choice.frame if choice is not None else 0
+    info = choice.as_dict() if choice is not None else {}
     if pc.source == "file":
         entry = pf.episodes.get(ep) if pf else None
         if entry is None or entry.target is None:
@@ -265,22 +310,28 @@ def plan_rgbm(cfg: PipelineConfig, ds: DatasetInfo, ep: int,
         chk.prompt("target", Prompt(frame=t.frame, box=t.box))
         op = PromptOp(t.frame, pc.obj_id, "target", box=t.box, rel=chk.rel,
                       origin=f"file {pf.source} episodes.{ep}.target")  # fmt: skip
+        info = {"frame": t.frame, "why": f"{pf.source}: episodes.{ep}.target.frame"}
     elif pc.source == "text":
-        chk.frame("prompt", pc.frame)
-        op = PromptOp(pc.frame, pc.obj_id, "target", text=pc.text,
+        chk.frame("prompt", frame)
+        op = PromptOp(frame, pc.obj_id, "target", text=pc.text,
                       origin=f"config {cfg.origin} prompt.text")  # fmt: skip
     else:
-        chk.frame("prompt", pc.frame)
+        chk.frame("prompt", frame)
+        held = bool(choice is not None and choice.held) or (
+            choice is None and pc.describe == "held"
+        )
         desc = _instruction(cfg, ds, ep)
-        if not desc:
+        if not desc and not held:
             chk.errors.append(
                 f"episode {ep}: no instruction for the VLM: the buffer attrs have no "
                 f"episodes[{ep}].{pc.instruction_attr}; set prompt.instruction in the config"
             )
-        op = PromptOp(pc.frame, pc.obj_id, "target", vlm=desc, origin="vlm bbox")
+        op = PromptOp(frame, pc.obj_id, "target", vlm=desc or "", held=held,
+                      origin="vlm identify_held_object + bbox" if held else "vlm bbox")  # fmt: skip
     fp, rnd = _entry_ids(pf.episodes.get(ep) if pc.source == "file" and pf else None)
     plan = EpisodePlan(ep, start, n, ds.height, ds.width, (Stage("target", (op,)),),
-                       {"target": pc.obj_id}, prompts_fingerprint=fp, prompts_round=rnd)  # fmt: skip
+                       {"target": pc.obj_id}, prompts_fingerprint=fp, prompts_round=rnd,
+                       direction=_direction(cfg, op.frame, n), prompt_info=info)  # fmt: skip
     return plan, chk.errors
 
 
@@ -391,20 +442,26 @@ def plan_arm_only(cfg: PipelineConfig, ds: DatasetInfo, ep: int, pf: PromptsFile
     fp, rnd = _entry_ids(entry if pf is not None else None)
     plan = EpisodePlan(ep, start, n, ds.height, ds.width, tuple(stages), roles,
                        require_any=tuple(ids[r] for r in grippers), prompts_fingerprint=fp,
-                       prompts_round=rnd)  # fmt: skip
+                       prompts_round=rnd, direction=_direction(cfg, None, n))  # fmt: skip
     return plan, chk.errors
 
 
 def build_plans(
-    cfg: PipelineConfig, ds: DatasetInfo, episodes: list[int], prompts: PromptsFile | None
+    cfg: PipelineConfig,
+    ds: DatasetInfo,
+    episodes: list[int],
+    prompts: PromptsFile | None,
+    frames: dict | None = None,
+    errors: list[str] | None = None,
 ) -> list[EpisodePlan]:
-    """Plans for the selected episodes; PlanError listing every problem when any is invalid."""
-    errors: list[str] = []
+    """Plans for the selected episodes; PlanError listing every problem when any is invalid.
+    `frames`: {episode: prompt_frame.FrameChoice} (rgbm), `errors`: problems found before."""
+    errors = list(errors or [])
     plans: list[EpisodePlan] = []
     inline = inline_prompts(cfg) if cfg.pipeline == "arm_only" else None
     for ep in episodes:
         if cfg.pipeline == "rgbm":
-            plan, errs = plan_rgbm(cfg, ds, ep, prompts)
+            plan, errs = plan_rgbm(cfg, ds, ep, prompts, (frames or {}).get(ep))
         else:
             plan, errs = plan_arm_only(cfg, ds, ep, prompts, inline)
         errors += errs
@@ -431,9 +488,14 @@ def describe_plans(
     for p in plans:
         what = " | ".join(
             f"{s.name}: {', '.join(op.describe(origin=True) for op in s.prompts) or '-'} "
-            f"-> propagate {direction}"
+            f"-> propagate {p.direction or direction}"
             for s in p.stages
         )
         state = "skip (done)" if p.episode in done else "run"
         lines.append(f"  episode {p.episode:>4}  {p.n_frames:>5} frames  {state:<11} {what}")
+        if p.prompt_info.get("why"):
+            why = f"    prompt frame {p.prompt_info['frame']}: {p.prompt_info['why']}"
+            if p.prompt_info.get("note"):
+                why += f"; NOTE {p.prompt_info['note']}"
+            lines.append(why)
     return "\n".join(lines)

@@ -12,7 +12,8 @@ report.json:
                  request_retries, replica, stages: {read, vlm, wait_frames, upload, prompt,
                  propagate, masks, sam, export} (seconds, summed over attempts), outputs, error,
                  errors (one line per failed attempt), round (prompts-file round the masks come
-                 from; null: not from a file), prompts_fingerprint, note (why skipped/re-run)}],
+                 from; null: not from a file), prompts_fingerprint, note (why skipped/re-run),
+                 prompt (rgbm: {frame, why, spec, note?, held?: {held, label, description}})}],
      totals: {episodes, done, failed, skipped, interrupted, frames, frames_per_s,
               busy: {read, vlm, sam, export} (fraction of wall time x threads of that stage),
               sam_replicas, reader_threads}}
@@ -55,6 +56,7 @@ class EpisodeRecord:
     round: int | None = None  # the prompts-file round this episode's masks come from
     prompts_fingerprint: str | None = None  # episode_fingerprint() of the prompts used
     note: str | None = None  # why it was skipped / re-run (empty, approved, prompts changed)
+    prompt: dict = field(default_factory=dict)  # rgbm: frame, why, note, held (prompt_frame.py)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_times(self, times: dict[str, float]) -> None:
@@ -78,6 +80,7 @@ class EpisodeRecord:
             "round": self.round,
             "prompts_fingerprint": self.prompts_fingerprint,
             "note": self.note,
+            **({"prompt": self.prompt} if self.prompt else {}),
         }
 
 

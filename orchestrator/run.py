@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.calls import RetryPolicy
 from orchestrator.claim import ClaimError, OutputClaim, run_key, session_prefix
 from orchestrator.config import (
     PipelineConfig,
@@ -36,6 +37,7 @@ from orchestrator.plan import (
     build_plans,
     parse_episode_spec,
 )
+from orchestrator.prompt_frame import FrameError, needs_resolution, resolve_frames
 from orchestrator.report import EpisodeRecord, Progress, build_report, write_report
 from orchestrator.resume import decide, rerun_note
 from orchestrator.scheduler import Mesh, Scheduler
@@ -205,8 +207,12 @@ def prepare(pipeline_cfg: Any, input: str, services_cfg: Any, episodes: Any = No
             if prompts is not None:
                 check_buffer_tie(prompts, ds)
             rows = vlm_prompt_sources(svcs, ds) if _needs_vlm(cfg) else []
-            plans = build_plans(cfg, ds, eps, prompts)
-        except (PlanError, SourceError) as e:
+            frames, errors = None, []
+            if needs_resolution(cfg, prompts, eps):  # last / negative / grasp / overrides
+                frames, errors = resolve_frames(cfg, ds, eps, prompts, reply.get("keys") or {},
+                                                reader, RetryPolicy.from_run(cfg.run))  # fmt: skip
+            plans = build_plans(cfg, ds, eps, prompts, frames, errors)
+        except (PlanError, SourceError, FrameError) as e:
             raise RunError(str(e)) from None
     finally:
         reader.close()

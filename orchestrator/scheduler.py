@@ -83,7 +83,8 @@ class Scheduler:
         self.stop = threading.Event()  # Ctrl-C / fail-fast / no replica left
         self.finished = threading.Event()  # every episode reached a final result
         self.records = {p.episode: EpisodeRecord(p.episode, p.n_frames, round=p.prompts_round,
-                                                 prompts_fingerprint=p.prompts_fingerprint)
+                                                 prompts_fingerprint=p.prompts_fingerprint,
+                                                 prompt=dict(p.prompt_info))
                         for p in plans}  # fmt: skip
         self._cv = threading.Condition()
         self._todo: deque[_Pending] = deque(_Pending(p, 1) for p in plans)
@@ -224,6 +225,7 @@ class Scheduler:
                 self.records[p.plan.episode].add_times(
                     {"read": stream.read_s - stream.vlm_s, "vlm": stream.vlm_s}
                 )
+                self.records[p.plan.episode].prompt.update(stream.prompt_info)  # held object
                 self._add_busy("read", stream.read_s - stream.vlm_s)
                 self._add_busy("vlm", stream.vlm_s)
         finally:

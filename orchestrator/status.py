@@ -132,7 +132,13 @@ def dry_run(pipeline_cfg: Any, input: str, output: str, services_cfg: Any,
         ),
         f"services: all {len(rows)} replica(s) answer; SAM replicas {len(svcs.services['sam'].endpoints)}",
         f"plan: {len(todo)} episode(s), {sum(p.n_frames for p in todo)} frames to run; "
-        f"propagate {cfg.direction} (each frame takes each object's mask from the nearest prompted "
+        f"propagate {cfg.direction}"
+        + (
+            " (backward from a prompt on the last frame, else both)"
+            if cfg.direction == "auto"
+            else ""
+        )
+        + " (each frame takes each object's mask from the nearest prompted "
         "keyframe; ties go to the forward pass)",
     ]
     return (

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from orchestrator.calls import Interrupted, RetryPolicy, Stats, call
+from orchestrator.calls import EpisodeRefused, Interrupted, RetryPolicy, Stats, call
 from orchestrator.plan import DatasetInfo, EpisodePlan, PromptOp
 from protocol.client import Client
 
@@ -41,6 +41,7 @@ class EpisodeStream:
         self._q: queue.Queue = queue.Queue()  # bounded by the episode's size
         self.boxes: dict[PromptOp, list[float]] = {}  # vlm prompt -> box (pixels)
         self.vlm_answers: dict[PromptOp, dict] = {}  # vlm prompt -> label/description, for meta
+        self.prompt_info: dict = {}  # held-object answer (identify_held_object), for meta/report
         self.cancelled = threading.Event()  # the worker gave up on this attempt
         self.read_s = 0.0  # time the reader thread spent on it (reading + VLM)
         self.vlm_s = 0.0
@@ -134,7 +135,10 @@ def _ask_vlm(stream: EpisodeStream, vlm: Client | None, op: PromptOp, image: np.
     if vlm is None:
         raise RuntimeError("a VLM prompt needs the vlm service; add it to the services config")
     t0 = time.perf_counter()
-    body = {"image": image, "description": op.vlm, "episode": stream.plan.episode,
+    description = op.vlm
+    if op.held:  # the object in the gripper, named by the VLM, is what gets boxed
+        description = _ask_held(stream, vlm, op, image, policy, stop)
+    body = {"image": image, "description": description, "episode": stream.plan.episode,
             "frame": op.frame}  # fmt: skip  # image (H, W, 3) uint8
     out = call(vlm, "bbox", body, policy=policy, stop=stop, stats=stream.stats)
     box = [float(v) for v in out["box"]]
@@ -147,3 +151,32 @@ def _ask_vlm(stream: EpisodeStream, vlm: Client | None, op: PromptOp, image: np.
         "description": out.get("description"),
     }
     stream.vlm_s += time.perf_counter() - t0
+
+
+HELD_TASK = "identify_held_object"  # services/vlm/prompts.py
+
+
+def _ask_held(stream: EpisodeStream, vlm: Client, op: PromptOp, image: np.ndarray,
+              policy: RetryPolicy, stop: threading.Event) -> str:  # fmt: skip
+    """Ask the VLM which object the gripper holds on the prompt's frame; its description is
+    what gets boxed. Nothing held fails the episode (never a box of a guessed object)."""
+    body = {"task": HELD_TASK, "image": image, "episode": stream.plan.episode}
+    if op.vlm:
+        body["instruction"] = op.vlm  # the episode's instruction, as a hint
+    out = call(vlm, "plan", body, policy=policy, stop=stop, stats=stream.stats)
+    res = out.get("result")
+    if not isinstance(res, dict) or not isinstance(res.get("held"), bool):
+        raise ValueError(
+            f"vlm: {HELD_TASK} answered {res!r}; expected {{held, label, description}}"
+        )
+    stream.prompt_info["held"] = {"held": res["held"], "label": res.get("label"),
+                                  "description": res.get("description")}  # fmt: skip
+    if not res["held"]:
+        raise EpisodeRefused(
+            f"vlm: nothing held at frame {op.frame} ({HELD_TASK}); the episode is not masked "
+            "(check the frame: prompt.frame / prompt.grasp, or the VLM's answer)"
+        )
+    desc = (res.get("description") or res.get("label") or "").strip()
+    if not desc:
+        raise ValueError(f"vlm: {HELD_TASK} says an object is held but names none: {res!r}")
+    return desc

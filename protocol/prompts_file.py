@@ -24,6 +24,9 @@ Schema (version 1; the user documentation with a copyable example is docs/prompt
           arm_left: {obj_id: 1, prompts: [{frame: 0, points: [[x, y]], labels: [1]}, {frame: 9, box: [...]}]}
         refinements: [{obj_id: 1, frame: 30, points: [[x, y]], labels: [1]}]
         plan: {classify_user_prompt: "I", check_grasp_success: true, ...}   # vlm prompts backend
+              # identify_held_object: "the red mug" | {held, label, description} | false
+        frame: grasp             # rgbm (vlm/text sources): this episode's prompt frame, wins
+                                 # over prompt.frame: an index (-1 = last), last or grasp
 Every error names the file, the episode and the field. Unknown keys are errors.
 The orchestrator refuses a prompts file without `buffer`, or whose fingerprint is not the
 input's (`python -m orchestrator fingerprint --input BUFFER` prints the entry to add).
@@ -51,9 +54,11 @@ PLAN_TASKS = (
     "check_grasp_success",
     "check_instruction_complete",
     "check_user_prompt_complete",
+    "identify_held_object",
 )
-_EPISODE_KEYS = ("target", "objects", "refinements", "plan", "round", "approved", "annotator")
-_CONTENT_KEYS = ("target", "objects", "refinements", "plan")  # what an entry must have one of
+_EPISODE_KEYS = ("target", "objects", "refinements", "plan", "round", "approved", "annotator",
+                 "frame")  # fmt: skip
+_CONTENT_KEYS = ("target", "objects", "refinements", "plan", "frame")  # an entry has one of
 _BUFFER_KEYS = ("fingerprint", "camera_key", "path", "episodes", "size")
 # per-episode keys that record who/when, not what is prompted: left out of episode_fingerprint
 BOOKKEEPING_KEYS = frozenset({"round", "approved", "annotator", "note", "status"})
@@ -140,6 +145,7 @@ class EpisodePrompts:
     round: int | None = None  # the studio's annotation round (0, 1, ...) these prompts come from
     approved: bool = False  # a reviewer approved this round's masks in the studio
     annotator: str | None = None  # who saved the round in the studio
+    frame: int | str | None = None  # rgbm prompt frame override: index (-1 = last), last, grasp
 
 
 @dataclass(frozen=True)
@@ -471,9 +477,24 @@ def _episode(ctx: _Ctx, ep: int, entry: Any) -> EpisodePrompts:
     if d.get("plan") is not None:
         pd = ctx.mapping(d["plan"], f"{where}.plan", PLAN_TASKS)
         plan = {task: _plan_answer(ctx, f"{where}.plan.{task}", task, v) for task, v in pd.items()}
+    frame = None
+    if d.get("frame") is not None:
+        frame = d["frame"]
+        if isinstance(frame, str):
+            frame = frame.strip().lower()
+        if not (
+            frame in ("last", "grasp") or (isinstance(frame, int) and not isinstance(frame, bool))
+        ):
+            raise ctx.fail(
+                f"{where}.frame", f"must be an index (-1 = last), last or grasp, got {d['frame']!r}"
+            )
+        if target is not None:
+            raise ctx.fail(f"{where}.frame", "the target's own target.frame says where its box "
+                           "goes; remove one of them")  # fmt: skip
     fp = episode_fingerprint(entry, ctx.coords)
     return EpisodePrompts(ep, target, objects, tuple(refinements), plan, fingerprint=fp,
-                          round=rnd, approved=approved, annotator=annotator)  # fmt: skip
+                          round=rnd, approved=approved, annotator=annotator,
+                          frame=frame)  # fmt: skip
 
 
 def _plan_answer(ctx: _Ctx, path: str, task: str, v: Any) -> Any:
@@ -508,6 +529,24 @@ def _plan_answer(ctx: _Ctx, path: str, task: str, v: Any) -> Any:
             "label": m.get("label") or "",
             "description": m.get("description") or "",
         }
+    if task == "identify_held_object":
+        if v is False or v is None:
+            return {"held": False, "label": None, "description": None}
+        if isinstance(v, str) and v.strip():
+            return {"held": True, "label": v.strip(), "description": v.strip()}
+        m = ctx.mapping(v, path, ("held", "label", "description"), ("held",))
+        if not isinstance(m["held"], bool):
+            raise ctx.fail(f"{path}.held", f"must be true or false, got {m['held']!r}")
+        for k in ("label", "description"):
+            if m.get(k) is not None and not isinstance(m[k], str):
+                raise ctx.fail(f"{path}.{k}", f"must be a string, got {m[k]!r}")
+        desc = (m.get("description") or m.get("label") or "").strip() or None
+        if m["held"] and desc is None:
+            raise ctx.fail(path, "held: true needs a label or description of the object")
+        if not m["held"] and desc is not None:
+            raise ctx.fail(path, "held: false names no object; drop label/description")
+        return {"held": m["held"], "label": (m.get("label") or desc) if m["held"] else None,
+                "description": desc}  # fmt: skip
     if not isinstance(v, bool):  # the check_* tasks
         raise ctx.fail(path, f"must be true or false, got {v!r}")
     return v

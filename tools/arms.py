@@ -242,3 +242,30 @@ def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             aw * bw - ax * bx - ay * by - az * bz,
         ]
     )
+
+
+WRIST_AHEAD = 20.0  # wrist camera view centre: grasp point + WRIST_AHEAD * approach (design px)
+
+
+def wrist_view(
+    img: np.ndarray, canvas: Canvas, grasp: np.ndarray, theta: float, z: float, size: tuple
+) -> np.ndarray:
+    """The right wrist camera's image: the head image seen from the gripper, looking along
+    the approach direction (approach = up in the wrist image), zoomed in as the gripper
+    descends. Its own fingers stay at a fixed place at the bottom and show the opening.
+
+    img (H, W, 3) float32 head image; grasp (2,) design px; size (height, width) -> float32.
+    """
+    wh, ww = size
+    d = np.array([np.cos(theta), np.sin(theta)], np.float64)
+    c = canvas.pt(np.asarray(grasp, np.float64) + d * WRIST_AHEAD)
+    span = (150.0 + 500.0 * float(z)) * canvas.sx  # head pixels across the wrist image
+    k = ww / span
+    phi = -np.pi / 2 - float(theta)  # rotates the approach direction to (0, -1)
+    rot = k * np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
+    q0 = np.array([ww / 2.0, wh / 2.0])
+    m = np.concatenate([rot, (q0 - rot @ np.asarray(c, np.float64))[:, None]], axis=1)
+    return cv2.warpAffine(
+        img, m.astype(np.float32), (ww, wh), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )  # fmt: skip

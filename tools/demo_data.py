@@ -9,14 +9,29 @@ Output (zarr format 2 directory stores, same seed -> same bytes):
     <out>/demo.zarr
         meta/episode_ends       (E,) int64, no compressor
         data/head_cam_img       (T, H, W, 3) uint8 RGB, Blosc lz4, chunks (2, H, W, 3)
-        data/right_state        (T, 13) float32 (names: attrs["state_names"])
+        data/right_cam_img      (T, H/2, W/2, 3) uint8 RGB wrist camera of the right arm
+                                (sizes: --wrist-height/--wrist-width), Blosc lz4
+        data/right_state        (T, 13) float32 (names: attrs["state_names"]); dim 7
+                                (GRIPPER_DIM) is the right gripper's opening in metres: open
+                                (0.114) until it closes on the mug (0.0915) and holds it
         data/action             (T, 13) float32 = the next frame's right_state (last repeats)
-        .zattrs                 {"episodes": [{"instruction", "target", "n_frames"}], ...}
+        .zattrs                 {"episodes": [{"instruction", "target", "n_frames",
+                                 "grasp_frame"}], "gripper": {key, dim, closing}, ...}
+    These are the keys DexGraspVLA's MaskImageDataset reads (right_cam_img, right_state,
+    action, plus the rgbm the mesh writes), so the demo's rgbm output trains there as is.
     <out>/demo_gt.zarr
         meta/episode_ends       (E,) int64
         data/gt_arm_left, gt_arm_right, gt_gripper_left, gt_gripper_right, gt_target
                                 (T, H, W) bool: visible pixels; arm = links without its gripper
     <out>/prompts.yaml          prompts file (coords abs), see tools/demo_prompts.py
+    <out>/prompts_grasp.yaml    answers of the VLM `prompts` backend for rgbm with
+                                `prompt.frame: grasp`: per episode the held object
+                                (plan.identify_held_object) and the target's box on the
+                                frame the grasp finder (orchestrator/prompt_frame.py) picks
+
+Right arm: the gripper is open from the first frame, closes on the mug at about 70% of the
+episode (attrs episodes[i].grasp_frame: the first frame it is fully closed) and holds it to
+the end. The left arm closes over the bowl, reopens and pulls back (a distractor).
 
 Usage:
     python -m tools.demo_data --out data/demo --seed 0 [--episodes 3 --frames 100 --height 480
@@ -37,6 +52,7 @@ import numcodecs
 import numpy as np
 import zarr
 
+from orchestrator.prompt_frame import find_grasp
 from tools.arms import (
     STATE_NAMES,
     ArmSpec,
@@ -45,12 +61,15 @@ from tools.arms import (
     interpolate,
     pose_to_state,
     solve_arm,
+    wrist_view,
 )
 from tools.demo_prompts import (
     LABEL_ARM,
     LABEL_GRIPPER,
+    TARGET_DESCRIPTION,
     buffer_entry,
     episode_prompts,
+    mask_box,
     write_prompts,
 )
 from tools.scene import LABEL_TARGET, Canvas, ObjectSpec, place_objects, render_static
@@ -67,6 +86,9 @@ GT_KEYS = {
 LEFT = ArmSpec("left", (40.0, 548.0))
 RIGHT = ArmSpec("right", (600.0, 548.0))
 INSTRUCTION = "grasp the red mug"
+OPEN = 76.0  # right gripper opening before the grasp (design px; x PX_TO_M = 0.114 m)
+GRIPPER_DIM = STATE_NAMES.index("gripper_opening")  # 7: right_state[:, 7], metres
+GRIPPER = {"key": "right_state", "dim": GRIPPER_DIM, "closing": "smaller"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,13 @@ class DemoConfig:
     height: int = 480  # image height H
     width: int = 640  # image width W
     noise_sigma: float = 2.0  # sensor noise std (grey levels)
+    wrist_height: int | None = None  # wrist camera image height; None = height // 2
+    wrist_width: int | None = None  # wrist camera image width; None = width // 2
+
+    @property
+    def wrist_size(self) -> tuple[int, int]:
+        return (self.wrist_height or max(self.height // 2, 16),
+                self.wrist_width or max(self.width // 2, 16))  # fmt: skip
 
     def validate(self) -> None:
         for name in ("episodes", "frames"):
@@ -84,15 +113,20 @@ class DemoConfig:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.height < 32 or self.width < 32:
             raise ValueError(f"height/width must be >= 32 (got {self.height}x{self.width})")
+        wh, ww = self.wrist_size
+        if wh < 16 or ww < 16:
+            raise ValueError(f"wrist_height/wrist_width must be >= 16 (got {wh}x{ww})")
 
 
 @dataclass
 class Episode:
     rgb: np.ndarray  # (T, H, W, 3) uint8
+    wrist: np.ndarray  # (T, Hw, Ww, 3) uint8 right wrist camera
     labels: np.ndarray  # (T, H, W) uint8 label map (see GT_KEYS)
     state: np.ndarray  # (T, 13) float32
     prompts: dict
     objects: list[ObjectSpec]
+    grasp_frame: int  # first frame the right gripper is fully closed on the mug
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -117,11 +151,13 @@ def plan_arms(rng: np.random.Generator, objects: list[ObjectSpec]) -> tuple[list
     th = float(np.arctan2(d[1], d[0]))
     closed = 2 * mug.size + 1.0
     r0 = 0.10 + j(0.03)
+    # The right gripper is open from the start and closes only on the mug, so its opening
+    # (state dim GRIPPER_DIM) falls once per episode: open -> closed on the target, held.
     right = [
-        (0.0, {"p": home, "theta": th + 0.3, "open": 14.0, "z": 0.16}),
-        (r0, {"p": home, "theta": th + 0.3, "open": 14.0, "z": 0.16}),
-        (r0 + 0.32, {"p": grasp - d * 58, "theta": th, "open": 76.0, "z": 0.10}),
-        (r0 + 0.47, {"p": grasp, "theta": th, "open": 76.0, "z": 0.06}),
+        (0.0, {"p": home, "theta": th - 0.3, "open": OPEN, "z": 0.16}),
+        (r0, {"p": home, "theta": th - 0.3, "open": OPEN, "z": 0.16}),
+        (r0 + 0.32, {"p": grasp - d * 58, "theta": th, "open": OPEN, "z": 0.10}),
+        (r0 + 0.47, {"p": grasp, "theta": th, "open": OPEN, "z": 0.06}),
         (r0 + 0.60, {"p": grasp, "theta": th, "open": closed, "z": 0.06}),
         (1.0, {"p": grasp + perp * 2.0, "theta": th, "open": closed, "z": 0.07}),
     ]
@@ -146,12 +182,15 @@ def render_episode(cfg: DemoConfig, episode: int) -> Episode:
     canvas = Canvas(cfg.height, cfg.width)
     rng = np.random.default_rng([cfg.seed, episode])
     noise_rng = np.random.default_rng([cfg.seed, episode, 1])
+    wrist_rng = np.random.default_rng([cfg.seed, episode, 2])
     objects = place_objects(rng)
     bg, static_labels = render_static(rng, canvas, objects)  # (H, W, 3) float32, (H, W) uint8
     left_wp, right_wp = plan_arms(rng, objects)
     n, h, w = cfg.frames, cfg.height, cfg.width
     lt, rt = interpolate(left_wp, n), interpolate(right_wp, n)
     rgb = np.empty((n, h, w, 3), np.uint8)
+    wsize = cfg.wrist_size
+    wrist_rgb = np.empty((n, *wsize, 3), np.uint8)
     labels = np.empty((n, h, w), np.uint8)
     state = np.empty((n, 13), np.float32)
     ksize = 3 if canvas.s > 0.5 else 1
@@ -170,6 +209,11 @@ def render_episode(cfg: DemoConfig, episode: int) -> Episode:
         draw_arm_shadows(img, canvas, [gl, gr])
         draw_arm(img, lab, canvas, gl, LABEL_ARM["left"], LABEL_GRIPPER["left"])
         draw_arm(img, lab, canvas, gr, LABEL_ARM["right"], LABEL_GRIPPER["right"])
+        wimg = wrist_view(img, canvas, rt["p"][t], float(rt["theta"][t]), float(rt["z"][t]), wsize)
+        wimg += wrist_rng.standard_normal(wimg.shape, dtype=np.float32) * np.float32(
+            cfg.noise_sigma
+        )
+        wrist_rgb[t] = (np.clip(wimg, 0, 255) + 0.5).astype(np.uint8)
         if ksize > 1:
             img = cv2.GaussianBlur(img, (ksize, ksize), 0.6)  # camera optics
         img *= np.float32(1.0 + 0.008 * noise_rng.standard_normal())  # exposure flicker
@@ -188,7 +232,26 @@ def render_episode(cfg: DemoConfig, episode: int) -> Episode:
         cands[side] = pts * [canvas.sx, canvas.sy]
         palms[side] = np.asarray(g.palm) * [canvas.sx, canvas.sy]
     prompts = episode_prompts(labels, cands, palms, rng, scale=canvas.s)
-    return Episode(rgb=rgb, labels=labels, state=state, prompts=prompts, objects=objects)
+    closed = float(right_wp[-1][1]["open"])
+    grasp_frame = int(np.argmax(rt["open"] <= closed + 1e-3))  # fully closed from here on
+    return Episode(rgb=rgb, wrist=wrist_rgb, labels=labels, state=state, prompts=prompts,
+                   objects=objects, grasp_frame=grasp_frame)  # fmt: skip
+
+
+def held_prompts(epi: Episode, scale: float = 1.0) -> dict:
+    """The prompts-file entry the VLM `prompts` backend answers a grasp-frame rgbm run from:
+    the held object, and the target's box on the frame the grasp finder picks from the
+    state (the same finder the orchestrator runs), padded like the frame-0 box."""
+    res = find_grasp(epi.state[:, GRIPPER_DIM], GRIPPER["closing"])
+    frame = res.frame if res.frame is not None else len(epi.state) - 1  # as the orchestrator
+    box = mask_box(epi.labels[frame] == LABEL_TARGET, pad=6.0 * scale)
+    if box is None:
+        raise ValueError(f"the target is hidden on the grasp frame {frame}")
+    held = {"held": True, "label": "red mug", "description": TARGET_DESCRIPTION}
+    return {
+        "target": {"frame": int(frame), "box": box, "description": TARGET_DESCRIPTION},
+        "plan": {"identify_held_object": held},
+    }
 
 
 def _blosc(cname: str, shuffle: int) -> numcodecs.Blosc:
@@ -200,7 +263,8 @@ def write_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Path]:
     cfg.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"data": out / "demo.zarr", "gt": out / "demo_gt.zarr", "prompts": out / "prompts.yaml"}
+    paths = {"data": out / "demo.zarr", "gt": out / "demo_gt.zarr", "prompts": out / "prompts.yaml",
+             "prompts_grasp": out / "prompts_grasp.yaml"}  # fmt: skip
     for p in (paths["data"], paths["gt"]):
         if p.exists():
             shutil.rmtree(p)
@@ -216,6 +280,11 @@ def write_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Path]:
         g["meta/episode_ends"][:] = ends
     img = root.create_array(
         "data/head_cam_img", shape=(total, h, w, 3), chunks=(2, h, w, 3), dtype="uint8",
+        compressors=_blosc("lz4", numcodecs.Blosc.NOSHUFFLE),
+    )  # fmt: skip
+    wh, ww = cfg.wrist_size
+    wrist = root.create_array(
+        "data/right_cam_img", shape=(total, wh, ww, 3), chunks=(2, wh, ww, 3), dtype="uint8",
         compressors=_blosc("lz4", numcodecs.Blosc.NOSHUFFLE),
     )  # fmt: skip
     lowdim = {}
@@ -236,18 +305,21 @@ def write_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Path]:
         )  # fmt: skip
         for key in GT_KEYS
     }
-    prompts, episodes_meta = {}, []
+    prompts, grasp_prompts, episodes_meta = {}, {}, []
     for ep in range(e):
         t0 = time.perf_counter()
         epi = render_episode(cfg, ep)
         s = slice(ep * n, (ep + 1) * n)
         img[s] = epi.rgb
+        wrist[s] = epi.wrist
         lowdim["right_state"][s] = epi.state
         lowdim["action"][s] = np.concatenate([epi.state[1:], epi.state[-1:]])  # next state
         for key, lab in GT_KEYS.items():
             gts[key][s] = epi.labels == lab
         prompts[ep] = epi.prompts
-        episodes_meta.append({"instruction": INSTRUCTION, "target": "red mug", "n_frames": n})
+        grasp_prompts[ep] = held_prompts(epi, scale=Canvas(h, w).s)
+        episodes_meta.append({"instruction": INSTRUCTION, "target": "red mug", "n_frames": n,
+                              "grasp_frame": epi.grasp_frame})  # fmt: skip
         log.info("episode %d: %d frames in %.2fs", ep, n, time.perf_counter() - t0)
     common = {
         "generator": "tools.demo_data",
@@ -256,7 +328,8 @@ def write_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Path]:
         "camera_key": "head_cam_img",
         "color_order": "RGB",
     }
-    root.attrs.update({**common, "state_names": STATE_NAMES, "action": "next right_state"})
+    root.attrs.update({**common, "state_names": STATE_NAMES, "action": "next right_state",
+                       "gripper": GRIPPER, "wrist_camera_key": "right_cam_img"})  # fmt: skip
     gt.attrs.update(
         {
             **common,
@@ -269,6 +342,8 @@ def write_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Path]:
     src = f"seed={cfg.seed} episodes={e} frames={n} size={w}x{h}"
     tie = buffer_entry(ends, "head_cam_img", h, w)  # no path: the bytes do not depend on `out`
     write_prompts(paths["prompts"], prompts, source=src, buffer=tie)
+    write_prompts(paths["prompts_grasp"], grasp_prompts, source=src + " (prompt.frame: grasp)",
+                  buffer=tie)  # fmt: skip
     return paths
 
 
@@ -280,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=100, help="frames per episode")
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--wrist-height", type=int, default=None, help="default: height // 2")
+    ap.add_argument("--wrist-width", type=int, default=None, help="default: width // 2")
     ap.add_argument("--prompts-copy", default=None, help="also copy prompts.yaml to this path")
     ap.add_argument(
         "--preview", action="store_true", help="write preview PNGs (frames 0, T/2, T-1)"
@@ -292,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         frames=args.frames,
         height=args.height,
         width=args.width,
+        wrist_height=args.wrist_height,
+        wrist_width=args.wrist_width,
     )
     t0 = time.perf_counter()
     paths = write_demo(cfg, args.out)
@@ -307,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_previews(data: Path, gt: Path, out: Path) -> None:
-    """PNG previews of frames 0, T/2, T-1 of episode 0: the RGB image and a GT overlay."""
+    """PNG previews of frames 0, T/2, T-1 of episode 0: the RGB image and a GT overlay, and
+    the wrist camera on the same frames side by side."""
     out.mkdir(parents=True, exist_ok=True)
     root, g = zarr.open_group(str(data), mode="r"), zarr.open_group(str(gt), mode="r")
     n = int(root["meta/episode_ends"][0])
@@ -321,6 +401,10 @@ def write_previews(data: Path, gt: Path, out: Path) -> None:
             over[m] = 0.45 * over[m] + 0.55 * np.array(c, np.float32)
         both = np.concatenate([rgb, over.astype(np.uint8)], axis=1)
         cv2.imwrite(str(out / f"ep0_{f:05d}.png"), cv2.cvtColor(both, cv2.COLOR_RGB2BGR))
+    wrist = [np.asarray(root["data/right_cam_img"][f]) for f in sorted({0, n // 2, n - 1})]
+    cv2.imwrite(
+        str(out / "ep0_wrist.png"), cv2.cvtColor(np.concatenate(wrist, 1), cv2.COLOR_RGB2BGR)
+    )
 
 
 if __name__ == "__main__":

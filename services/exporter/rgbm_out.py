@@ -136,6 +136,8 @@ class RgbmWriter(Writer):
 
         def record(attrs: dict[str, Any]) -> None:
             attrs.setdefault("mask_obj_ids", {})[str(job.episode)] = [job.roles["target"]]
+            if isinstance(job.meta.get("prompt"), dict):  # where the target prompt went, why,
+                attrs.setdefault("prompts", {})[str(job.episode)] = job.meta["prompt"]  # held
 
         self.buf.update_attrs(self.key, record)
         return {"rgbm": str(self.buf.path)}

@@ -5,6 +5,7 @@ Usage:
     ans = parse_box_answer(text)           # BoxAnswer(bbox=[x0, y0, x1, y1], label, description)
     ok = parse_bool_answer(text)           # "... ANSWER: True" -> True
     kind = parse_type_answer(text)         # "ANSWER: Type II" -> "II"
+    held = parse_held_answer(text)         # {"held": True, "label": ..., "description": ...}
 
 Tolerated damage: prose around the JSON, ```json fences (also unclosed), trailing commas,
 single-quoted strings, Python True/False/None, `#` and `//` comments (DexGraspVLA's own
@@ -300,3 +301,51 @@ def parse_instruction_answer(text: str, *, truncated: bool = False) -> dict:
     out = dict(obj)
     out["target"] = target.strip()
     return out
+
+
+# A reply without JSON counts only when it opens by saying nothing is held ("No object.",
+# "Nothing is held", "The gripper is empty", "None"); any other prose is an error.
+_NOTHING_RE = re.compile(
+    r"^[\s*_#>`\"'-]*(?:no\s+object|nothing\b|none\b|no\b(?=\s*[,.!:;]|\s*$)|"
+    r"(?:the\s+)?(?:gripper|hand|robot)\s+(?:is\s+empty|holds\s+nothing|is\s+not\s+holding|"
+    r"isn't\s+holding|does\s+not\s+hold|doesn't\s+hold))",
+    re.I,
+)
+
+
+def parse_held_answer(text: str, *, truncated: bool = False) -> dict:
+    """`{"held": true, "label": ..., "description": ...}` or `{"held": false}` -> the same dict
+    (description falls back to the label). A reply with no JSON that opens by saying nothing
+    is held is `{"held": False, ...}`; anything else that does not say clearly is an error."""
+    what = "the held object (held, label, description)"
+    try:
+        value = extract_json(text, what, truncated=truncated)
+    except AnswerParseError:
+        if _NOTHING_RE.match(text.strip()):
+            return {"held": False, "label": None, "description": None}
+        raise
+    obj = _single_object(value, what, text, truncated)
+    held = obj.get("held")
+    if not isinstance(held, bool):
+        raise AnswerParseError(
+            what, f"held must be true or false, got {held!r}", text, truncated=truncated
+        )
+    label, desc = obj.get("label"), obj.get("description")
+    for name, v in (("label", label), ("description", desc)):
+        if v is not None and not isinstance(v, str):
+            raise AnswerParseError(
+                what, f"{name} must be a string, got {type(v).__name__}", text, truncated=truncated
+            )
+    label = (label or "").strip() or None
+    desc = (desc or "").strip() or None
+    if held and not (label or desc):
+        raise AnswerParseError(
+            what, "held is true but no label or description names the object", text,
+            truncated=truncated,
+        )  # fmt: skip
+    if not held and (label or desc):
+        raise AnswerParseError(
+            what, f"held is false but the answer names an object ({label or desc!r})", text,
+            truncated=truncated,
+        )  # fmt: skip
+    return {"held": held, "label": label, "description": desc or label}

@@ -38,6 +38,12 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("check_grasp_success", True, False, "bool: grasped"),
         TaskSpec("check_instruction_complete", True, True, "bool: the object is gone"),
         TaskSpec("check_user_prompt_complete", True, False, "bool: nothing left to grasp"),
+        TaskSpec(
+            "identify_held_object",
+            True,
+            False,
+            "{held: bool, label, description} (null label/description when nothing is held)",
+        ),
     )
 }
 
@@ -132,6 +138,22 @@ Count only solid objects with visible height (cups, bottles, boxes, toys). Ignor
 Name any such objects that are left. {_ANSWER_BOOL} True means none is left, False means some remain."""
 
 
+def _held(instruction: str | None) -> str:
+    hint = f' The robot was asked to: "{instruction}".' if instruction else ""
+    return f"""Look at the robot gripper (hand) in the image.{hint}
+Is it holding an object right now: enclosed by its fingers or lifted by them, not merely touching it or standing next to it?
+If it holds an object, name that object so that it can be found in this image by the description alone. Reply with a JSON object in a ```json code block:
+```json
+{{"held": true, "label": "red mug", "description": "the red mug with a handle, held between the fingers of the gripper on the right"}}
+```
+- "label": the object's name in 2 to 4 words.
+- "description": its colour, shape and position in the image; do not describe the gripper itself.
+If the gripper holds nothing, reply with:
+```json
+{{"held": false, "label": null, "description": null}}
+```"""
+
+
 _BUILDERS = {
     "classify_user_prompt": _classify,
     "decompose_user_prompt": _decompose,
@@ -139,6 +161,7 @@ _BUILDERS = {
     "check_grasp_success": _grasp,
     "check_instruction_complete": _instruction_done,
     "check_user_prompt_complete": _prompt_done,
+    "identify_held_object": _held,
 }
 
 

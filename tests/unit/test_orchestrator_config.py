@@ -26,7 +26,7 @@ PIPELINES = sorted((ROOT / "configs" / "pipelines").glob("*.yaml"))
 def test_defaults_rgbm():
     cfg = parse_pipeline({"pipeline": "rgbm"})
     assert cfg.prompt == PromptConfig()
-    assert cfg.direction == "both"
+    assert cfg.direction == "auto"  # backward from a last-frame prompt, else both
     assert cfg.effective_outputs == ("rgbm",)
     assert cfg.run.episode_retries == 2
 
@@ -40,7 +40,9 @@ def test_defaults_rgbm():
         ({"pipeline": "rgbm", "prompt": {"sorce": "vlm"}}, "prompt.sorce"),
         ({"pipeline": "rgbm", "prompt": {"source": "sam"}}, "prompt.source"),
         ({"pipeline": "rgbm", "prompt": {"frame": "0"}}, "prompt.frame"),
-        ({"pipeline": "rgbm", "prompt": {"frame": -1}}, "prompt.frame"),
+        ({"pipeline": "rgbm", "prompt": {"frame": "first"}}, "prompt.frame"),  # -1 / last / grasp are valid
+        ({"pipeline": "rgbm", "prompt": {"frame": True}}, "prompt.frame"),
+        ({"pipeline": "rgbm", "prompt": {"grasp": {"closing": "down"}}}, "prompt.grasp.closing"),
         ({"pipeline": "rgbm", "prompt": {"source": "file"}}, "prompts_file"),
         ({"pipeline": "rgbm", "prompt": {"source": "text"}}, "prompt.text"),
         ({"pipeline": "rgbm", "prompt": {"text": "mug"}}, "prompt.text"),

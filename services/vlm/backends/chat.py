@@ -20,6 +20,7 @@ from ..errors import OptionError, RequestError
 from ..parsing import (
     parse_bool_answer,
     parse_box_answer,
+    parse_held_answer,
     parse_instruction_answer,
     parse_list_answer,
     parse_type_answer,
@@ -196,4 +197,6 @@ class ChatBackend:
                 "label": ans.label or "",
                 "description": ans.description or "",
             }
+        if task == "identify_held_object":
+            return parse_held_answer(text, truncated=cut)
         return parse_bool_answer(text)
