@@ -23,7 +23,7 @@ Output (zarr format 2 directory stores, same seed -> same bytes):
         meta/episode_ends       (E,) int64
         data/gt_arm_left, gt_arm_right, gt_gripper_left, gt_gripper_right, gt_target
                                 (T, H, W) bool: visible pixels; arm = links without its gripper
-    <out>/prompts.yaml          prompts file (coords abs), see tools/demo_prompts.py
+    <out>/prompts.yaml          prompts file (docs/prompts-file.md; coords abs, tied to demo.zarr)
     <out>/prompts_grasp.yaml    answers of the VLM `prompts` backend for rgbm with
                                 `prompt.frame: grasp`: per episode the held object
                                 (plan.identify_held_object) and the target's box on the

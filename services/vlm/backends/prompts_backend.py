@@ -1,5 +1,8 @@
 """`prompts` backend (the default): boxes and planner answers from a prompts file, no model at all.
 
+The file's format: docs/prompts-file.md. `info` reports the file's `buffer` entry, so the
+orchestrator refuses to run a buffer the file was not written for.
+
 Usage:
     b = PromptsBackend.from_options({"prompts_file": "configs/prompts/demo.yaml"})
     b.setup()                                        # loads and validates the whole file
