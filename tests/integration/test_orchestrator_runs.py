@@ -24,7 +24,9 @@ import zarr
 
 from orchestrator.claim import session_prefix
 from orchestrator.run import RunError, run_pipeline
+from orchestrator.status import export_progress
 from protocol.client import Client
+from protocol.config import load_services
 from protocol.prompts_file import buffer_fingerprint
 from tests.helpers import ROOT
 from tests.integration.test_orchestrator_pipeline import local_mesh
@@ -79,35 +81,36 @@ def _sam_sessions(m) -> list[str]:
 
 
 def test_second_run_refused_and_status_shows_progress(mesh, tmp_path):
-    m, data = mesh
+    m, _ = mesh
+    n = 6  # episodes: the run lasts long enough to be looked at while it runs
+    data = write_demo(DemoConfig(seed=12, episodes=n, frames=T, height=H, width=W), tmp_path / "d")
     out = tmp_path / "out"
     args = ["run", "--config", _cfg_file(tmp_path, data), "--input", str(data["data"]),
             "--output", str(out), "--services", str(m.services), "--no-progress"]  # fmt: skip
     proc = _cli(*args, wait=False)
+    svcs = load_services(m.services)
     try:
-
-        def progress():
-            r = _cli("status", "--services", str(m.services), "--output", str(out))
-            line = [x for x in r.stdout.splitlines() if x.startswith(f"{out}:")]
-            return line and " 0 of " not in line[0] and "episode(s) done" in line[0] and line[0]
-
-        line = _wait(progress, 90, "an episode done during the run")
-        assert proc.poll() is None, "the run ended before its progress could be seen"
-        assert f"of {E} episode(s) done" in line and "no report.json yet" in line  # item 15
+        _wait(lambda: " 0 of " not in (p := export_progress(svcs, str(out))) and "done" in p
+              and "of" in p, 120, "an episode done during the run")  # fmt: skip
         with pytest.raises(RunError) as ei:  # item 13: the second run is refused at start
             run_pipeline(FILE_CFG, str(data["data"]), str(out), str(m.services),
                          prompts_file=str(data["prompts"]))  # fmt: skip
         msg = str(ei.value)
         assert "being written by another orchestrator" in msg and f"pid {proc.pid}" in msg
-        assert proc.wait(120) == 0, proc.stdout.read()
+        r = _cli("status", "--services", str(m.services), "--output", str(out))  # item 15
+        line = next(x for x in r.stdout.splitlines() if x.startswith(f"{out}:"))
+        assert proc.poll() is None, f"the run ended before `status` answered: {line}"
+        assert f"of {n} episode(s) done" in line and "no report.json yet" in line, line
+        assert f" 0 of {n}" not in line, line
+        assert proc.wait(180) == 0, proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     rep = json.loads((out / "report.json").read_text())
-    assert rep["totals"]["done"] == E  # and the second run did no SAM work on it
+    assert rep["totals"]["done"] == n  # and the refused run did no SAM work on it
     r = _cli("status", "--services", str(m.services), "--output", str(out))
-    assert f"{E} of {E} episode(s) done" in r.stdout
+    assert f"{n} of {n} episode(s) done" in r.stdout
 
 
 def test_new_run_closes_the_sessions_a_killed_run_left(mesh, tmp_path):
