@@ -134,7 +134,8 @@ class Sam3Writer(Writer):
         n = job.n_frames
         sampled = list(range(0, n, opts.sam3_every))
         present = [t for t in sampled if any(self.rles[o][t] is not None for o in self.objs)]
-        absent = [t for t in sampled if t not in set(present)]
+        seen = set(present)
+        absent = [t for t in sampled if t not in seen]
         negatives = keep_negatives(present, absent, opts.sam3_negatives, opts.split_seed,
                                    job.episode)  # fmt: skip
         frames = sorted(present + negatives)
