@@ -1,14 +1,16 @@
-"""Requests with retries and backoff, and how the orchestrator classifies failures.
+"""One call per request with one deadline, and how the orchestrator classifies failures.
 
 Usage:
-    policy = RetryPolicy.from_run(cfg.run)
-    out = call(reader, "frames", body, policy=policy, stop=stop_event, stats=stats)
+    out = call(reader, "frames", body, stop=stop_event, stats=stats)
+    policy = RetryPolicy.from_run(cfg.run)      # pauses between episode attempts
 
-The protocol client already retries idempotent calls that get no reply (Lazy Pirate) and
-`overloaded` replies. On top of that, a request that still fails with ServiceUnavailable or a
-transient error code is retried here `request_retries` times, pausing backoff_s, 2x, 4x ...
-(at most backoff_max_s). A whole episode is retried by the scheduler; `retryable()` says
-whether retrying can help at all (a bad prompt will fail the same way again).
+One deadline per call, owned by the caller (the service's timeout_s, or propagate_timeout_s):
+the protocol client re-sends, inside it, the idempotent requests a replica lost (it went
+silent or restarted: protocol/README.md, liveness) and `overloaded` answers; a long op whose
+worker stops reporting progress fails as Stalled within the stall window. Nothing here adds
+retries on top. A failed episode is retried whole by the scheduler (run.episode_retries,
+pausing backoff_s, 2x, ... at most backoff_max_s); `retryable()` says whether retrying can
+help at all (a bad prompt fails the same way again).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 from protocol.client import Client
 from protocol.errors import RemoteError, ServiceUnavailable
 
-TRANSIENT_CODES = frozenset({"timeout", "overloaded", "unavailable"})
 PERMANENT_CODES = frozenset({"bad_request", "unsupported", "version_mismatch"})
 
 
@@ -33,13 +34,14 @@ class EpisodeRefused(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    retries: int = 2  # extra tries of a failed idempotent request
+    """Pauses between attempts of a failed episode."""
+
     backoff_s: float = 0.5  # first pause, doubled per try
     backoff_max_s: float = 10.0
 
     @classmethod
     def from_run(cls, run) -> RetryPolicy:
-        return cls(run.request_retries, run.backoff_s, run.backoff_max_s)
+        return cls(run.backoff_s, run.backoff_max_s)
 
     def pause(self, attempt: int) -> float:
         """Pause before retry number `attempt` (0-based)."""
@@ -50,7 +52,7 @@ class RetryPolicy:
 class Stats:
     """Per-episode-attempt counters, filled by call()."""
 
-    request_retries: int = 0
+    request_retries: int = 0  # re-sends inside the client (lost requests, `overloaded`)
 
 
 def retryable(exc: BaseException) -> bool:
@@ -62,12 +64,6 @@ def retryable(exc: BaseException) -> bool:
     if isinstance(exc, RemoteError):
         return exc.code not in PERMANENT_CODES
     return False  # a bug or a validation error on our side: the same input fails again
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, ServiceUnavailable) or (
-        isinstance(exc, RemoteError) and exc.code in TRANSIENT_CODES
-    )
 
 
 def wait(stop: threading.Event | None, seconds: float) -> None:
@@ -83,26 +79,22 @@ def call(
     op: str,
     body: dict,
     *,
-    policy: RetryPolicy,
     stop: threading.Event | None = None,
     stats: Stats | None = None,
     timeout: float | None = None,
 ) -> dict:
-    """client.call with request-level retries (idempotent ops only) and backoff."""
-    idempotent = client.idempotent(op)  # the service's contract decides
-    attempt = 0
-    while True:
-        if stop is not None and stop.is_set():
-            raise Interrupted("stopped")
-        try:
-            return client.call(op, body, timeout=timeout)
-        except (RemoteError, ServiceUnavailable) as e:
-            if not idempotent or not _transient(e) or attempt >= policy.retries:
-                raise
+    """One request within one deadline (`timeout`, default the service's timeout_s).
+
+    Retries happen inside the client, within that deadline (re-sends of idempotent ops the
+    replica lost, `overloaded` backoff); nothing here multiplies them. Counts the re-sends."""
+    if stop is not None and stop.is_set():
+        raise Interrupted("stopped")
+    fut = client.submit(op, body, timeout=timeout)
+    try:
+        return fut.result()
+    finally:
         if stats is not None:
-            stats.request_retries += 1
-        wait(stop, policy.pause(attempt))
-        attempt += 1
+            stats.request_retries += max(0, fut.attempts - 1) + fut.overloads
 
 
 def describe_error(exc: BaseException) -> str:

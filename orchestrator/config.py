@@ -80,7 +80,6 @@ class RunConfig:
     reader_threads: int = 1  # threads reading episodes from the reader service
     max_inflight_puts: int = 4  # put_frames requests in flight per SAM session
     episode_retries: int = 2  # a failed episode is retried this many times, then recorded failed
-    request_retries: int = 2  # extra tries (with backoff) of a failed idempotent request
     backoff_s: float = 0.5  # first pause before a retry; doubles each time
     backoff_max_s: float = 10.0  # longest pause between retries
     propagate_timeout_s: float | None = (
@@ -172,6 +171,13 @@ def _describe(tp: Any) -> str:
             dict: "a map", list: "a list"}.get(tp, str(tp))  # fmt: skip
 
 
+_REMOVED = {  # keys of earlier releases, refused with what replaced them
+    "request_retries": "removed: a request is re-sent inside the protocol client within its "
+    "call's deadline (services.yaml `retries`, `timeout_s`); a failed episode is retried by "
+    "run.episode_retries. Delete the key",
+}
+
+
 def _build(cls: type, raw: Any, where: str, nested: dict[str, type] | None = None) -> Any:
     """Check keys and types of `raw` against dataclass `cls` and build it."""
     nested = nested or {}
@@ -184,6 +190,8 @@ def _build(cls: type, raw: Any, where: str, nested: dict[str, type] | None = Non
     kw: dict[str, Any] = {}
     for k, v in raw.items():
         path = f"{where}.{k}" if where else str(k)
+        if k in _REMOVED and k not in names:
+            raise _fail(path, _REMOVED[k])
         if k not in names:
             raise _fail(path, f"unknown key; valid keys are {names}")
         if k in nested or dataclasses.is_dataclass(hints[k]):
@@ -203,7 +211,7 @@ def _check_run(r: RunConfig) -> None:
     for name in ("prefetch_episodes", "reader_threads", "max_inflight_puts"):
         if getattr(r, name) < 1:
             raise _fail(f"run.{name}", f"must be >= 1, got {getattr(r, name)}")
-    for name in ("episode_retries", "request_retries"):
+    for name in ("episode_retries",):
         if getattr(r, name) < 0:
             raise _fail(f"run.{name}", f"must be >= 0, got {getattr(r, name)}")
     for name in ("propagate_timeout_s", "replica_down_s"):

@@ -171,7 +171,7 @@ class SamRunner:
         start, width = 0, plan.width
         while start < plan.n_frames:
             body = {"session": sid, "start": start, "stop": plan.n_frames, "obj_ids": plan.obj_ids}
-            out = call(self.client, "masks", body, policy=self.policy, stop=self.stop, stats=stats)
+            out = call(self.client, "masks", body, stop=self.stop, stats=stats)
             if list(out["obj_ids"]) != plan.obj_ids or int(out["start"]) != start:
                 raise ValueError(
                     f"sam: masks answered objects {out['obj_ids']} from frame {out['start']}, "
@@ -216,7 +216,7 @@ class ExportRunner:
         self.max_inflight = run.max_inflight_puts
 
     def open(self) -> dict:
-        out = call(self.client, "open_export", self.open_body, policy=self.policy, stop=self.stop)
+        out = call(self.client, "open_export", self.open_body, stop=self.stop)
         self.export_id = out["export"]
         return out
 
@@ -254,7 +254,7 @@ class ExportRunner:
         outputs; on a done episode it answers the outputs from the done marker."""
         body = {"export": self.export_id, "episode": job.plan.episode, "roles": job.plan.roles,
                 "meta": job.meta}  # fmt: skip
-        out = call(self.client, "finish_episode", body, policy=self.policy, stats=job.stats)
+        out = call(self.client, "finish_episode", body, stats=job.stats)
         return dict(out.get("outputs") or {})
 
     def exported(self, job: ExportJob) -> dict | None:

@@ -104,7 +104,7 @@ def read_episode(
                 return
             body = {"dataset": ds.dataset, "episode": plan.episode, "key": ds.camera_key,
                     "start": start}  # fmt: skip
-            out = call(reader, "frames", body, policy=policy, stop=stop, stats=stream.stats)
+            out = call(reader, "frames", body, stop=stop, stats=stream.stats)
             frames = out["frames"]  # (n, H, W, 3) uint8, read-only view of the reply
             first = int(out["start"])
             if frames.ndim != 4 or frames.shape[1:] != (plan.height, plan.width, 3):
@@ -140,7 +140,7 @@ def _ask_vlm(stream: EpisodeStream, vlm: Client | None, op: PromptOp, image: np.
         description = _ask_held(stream, vlm, op, image, policy, stop)
     body = {"image": image, "description": description, "episode": stream.plan.episode,
             "frame": op.frame}  # fmt: skip  # image (H, W, 3) uint8
-    out = call(vlm, "bbox", body, policy=policy, stop=stop, stats=stream.stats)
+    out = call(vlm, "bbox", body, stop=stop, stats=stream.stats)
     box = [float(v) for v in out["box"]]
     if len(box) != 4:
         raise ValueError(f"vlm: bbox answered {out['box']!r}; expected [x0, y0, x1, y1]")

@@ -100,3 +100,13 @@ class RemoteError(Exception):
 
 class ServiceUnavailable(Exception):
     """No replica answered in time (after the configured retries): the service, not the request, failed."""
+
+    def __init__(self, message: str, *, endpoint: str = "", op: str = ""):
+        super().__init__(message)
+        self.endpoint = endpoint  # the replica that failed ("" when not known)
+        self.op = op
+
+
+class Stalled(ServiceUnavailable):
+    """The replica answers, but the worker running the request made no progress within the
+    stall window (a stuck or dead worker); `endpoint` names the replica."""

@@ -65,11 +65,12 @@ class OpSpec:
 class _Job:
     """A request between the socket thread and a worker; workers update its progress."""
 
-    __slots__ = ("envelope", "msg_id", "op", "body", "deadline", "frames", "state", "done",
-                 "total", "t_progress")  # fmt: skip
+    __slots__ = ("key", "envelope", "msg_id", "op", "body", "deadline", "frames", "state",
+                 "done", "total", "t_progress")  # fmt: skip
 
-    def __init__(self, envelope: list, msg_id: Any, op: OpSpec, body: Any,
+    def __init__(self, key: tuple, envelope: list, msg_id: Any, op: OpSpec, body: Any,
                  deadline: float | None, frames: list):  # fmt: skip
+        self.key = key  # (routing frames, id): how the `inflight` probe finds it
         self.envelope, self.msg_id, self.op, self.body = envelope, msg_id, op, body
         self.deadline = deadline  # monotonic seconds, or None
         self.frames = frames  # keeps the received buffers alive until the reply is sent
@@ -81,6 +82,13 @@ class _Job:
         """Called by a long-running handler after each unit of work (frames done of total)."""
         self.done, self.total = int(done), int(total)
         self.t_progress = time.monotonic()
+
+
+def _route(env: list) -> bytes:
+    """The routing frames of an envelope as one key (the client's connection, via brokers)."""
+    if len(env) <= 2:
+        return env[0].bytes if isinstance(env[0], zmq.Frame) else bytes(env[0])
+    return b"\0".join(f.bytes if isinstance(f, zmq.Frame) else bytes(f) for f in env)
 
 
 def _error_frames(
@@ -127,7 +135,10 @@ class Service:
         # cheaper than queue.Queue; the bound is kept by counting: _submitted is written only by
         # the socket thread, _taken only under _lock by workers.
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # remade by serve()
-        self._outbox: collections.deque[list] = collections.deque()  # finished replies
+        self._outbox: collections.deque[tuple] = collections.deque()  # (job key, reply frames)
+        # Requests accepted and not yet answered, by (routing frames, id): what the `inflight`
+        # probe reports. Only the socket thread adds and removes; workers update the jobs.
+        self._jobs: dict[tuple, _Job] = {}
         self._submitted = 0
         self._taken = 0
         self._in_flight = 0
@@ -234,6 +245,7 @@ class Service:
             )
         self._queue = queue.SimpleQueue()
         self._outbox = collections.deque()
+        self._jobs = {}
         self._submitted = self._taken = 0
         self._stop.clear()
         ctx = zmq.Context()
@@ -312,7 +324,9 @@ class Service:
     def _forward_reply(self, sock: zmq.Socket, replies: zmq.Socket) -> None:
         """One wake-up from a worker = one finished reply waiting in the outbox: send it."""
         replies.recv(0, True)  # the empty wake-up frame
-        send_parts(sock, self._outbox.popleft())
+        key, frames = self._outbox.popleft()
+        send_parts(sock, frames)
+        self._jobs.pop(key, None)
 
     def _forward_replies(self, sock: zmq.Socket, replies: zmq.Socket) -> None:
         while poll([(replies, POLLIN)], 0):
@@ -339,6 +353,9 @@ class Service:
                 try:
                     head = decode(payload)
                     msg_id, op = head.get("id"), head.get("op")
+                    if op == "inflight":  # the requests being drained are still at work
+                        self._answer_inflight(sock, env, msg_id, head.get("body"))
+                        continue
                 except WireError as e:
                     msg_id, op = e.msg_id, e.op
                 except Exception:
@@ -351,6 +368,26 @@ class Service:
                      message: str) -> None:  # fmt: skip
         self._served_io += 1
         send_parts(sock, env + _error_frames(msg_id, op, code, message))
+
+    def _answer_inflight(self, sock: zmq.Socket, env: list, msg_id: Any, body: Any) -> None:
+        """Built-in `inflight {ids}`: what became of this client's requests (same socket)."""
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or len(ids) > 100_000 or any(type(i) is not int for i in ids):
+            return self._reply_error(sock, env, msg_id, "inflight", errors.BAD_REQUEST,
+                                     "ids: expected a list of request ids (ints) sent on this "
+                                     "connection")  # fmt: skip
+        route, now, jobs = _route(env), time.monotonic(), self._jobs
+        found, unknown = [], []
+        for i in ids:
+            job = jobs.get((route, i))
+            if job is None:
+                unknown.append(i)
+            else:
+                found.append({"id": i, "state": job.state, "done": job.done, "total": job.total,
+                              "idle_s": round(now - job.t_progress, 3)})  # fmt: skip
+        out = encode({"id": msg_id, "op": "inflight", "ok": True,
+                      "body": {"requests": found, "unknown": unknown}})  # fmt: skip
+        send_parts(sock, env + out)
 
     def _on_request(self, sock: zmq.Socket, msg: list) -> None:
         env, payload = split_envelope(msg)
@@ -392,6 +429,8 @@ class Service:
                 out = encode({"id": msg_id, "op": "ping", "ok": True,
                               "body": {"service": self.name}})  # fmt: skip
                 return send_parts(sock, env + out)
+            if op_name == "inflight":
+                return self._answer_inflight(sock, env, msg_id, head.get("body"))
             if op_name == "info":
                 try:
                     out = encode({"id": msg_id, "op": "info", "ok": True, "body": self.info()})
@@ -408,7 +447,11 @@ class Service:
                                      f"{self.name}: queue full ({self.queue_size} waiting); "
                                      f"retry later or add a replica")  # fmt: skip
         self._submitted += 1
-        self._queue.put(_Job(env, msg_id, spec, head.get("body"), deadline, payload))
+        key = (_route(env), msg_id)
+        job = _Job(key, env, msg_id, spec, head.get("body"), deadline, payload)
+        if msg_id is not None:
+            self._jobs[key] = job
+        self._queue.put(job)
 
     def _worker(self, ctx: zmq.Context, inproc: str) -> None:
         # A finished reply goes into the outbox (a deque: thread-safe append/popleft) and an
@@ -426,13 +469,14 @@ class Service:
                 with lock:
                     self._taken += 1
                     self._in_flight += 1
+                job.state, job.t_progress = "running", time.monotonic()
                 try:
                     frames = self._run(job)
                 finally:
                     with lock:
                         self._in_flight -= 1
                         self._served += 1
-                outbox.append(job.envelope + frames)
+                outbox.append((job.key, job.envelope + frames))
                 wake.send(b"", 0, True)
                 job = frames = None  # drop references to the request's buffers promptly
         finally:

@@ -173,15 +173,16 @@ class SegmentImageReply:
     width: int
 
 
-# add_prompt clicks accumulate: never re-sent. propagate is long-running (reports frames
-# done); it is sent once: a copy re-sent after a timeout would queue behind the running one.
+# add_prompt clicks accumulate: never re-sent. propagate recomputes the same masks from the
+# same prompts: safe to re-send; it is long-running (reports frames done), so the client
+# re-sends it only when the replica lost it (silent, or restarted), never while it runs.
 CONTRACT = Contract(
     "sam",
     [
         Op("start_session", StartSessionReq, StartSessionReply, idempotent=False),
         Op("put_frames", PutFramesReq, PutFramesReply, idempotent=True),
         Op("add_prompt", AddPromptReq, AddPromptReply, idempotent=False),
-        Op("propagate", PropagateReq, PropagateReply, idempotent=False, long_running=True),
+        Op("propagate", PropagateReq, PropagateReply, idempotent=True, long_running=True),
         Op("masks", MasksReq, MasksReply, idempotent=True),  # never waits for a propagation
         Op("progress", SessionReq, ProgressReply, idempotent=True),
         Op("drift", DriftReq, DriftReply, idempotent=True),

@@ -96,16 +96,27 @@ def test_ctrl_c_close_outlasts_a_running_propagate_without_waiting_for_it(fake):
 
 
 def test_slow_finish_is_waited_for_not_rerun(fake):
-    m = fake(export_delay=0.8, export_workers=2)  # finish outlives the exporter timeout (0.5 s)
+    m = fake(export_delay=0.8, export_workers=2)  # finish outlives the stall window (0.3 s)
     mesh = m.mesh()
-    mesh.exporter = lambda: Client(
-        m.endpoints["exporter"], timeout=0.5, retries=1, contract=EXPORTER
-    )
+    mesh.exporter = lambda: Client(m.endpoints["exporter"], timeout=5, retries=1, stall_s=0.3,
+                                   probe_s=0.1, contract=EXPORTER)  # fmt: skip
     sched, recs = run(m, 2, mesh=mesh)
     assert [r.result for r in recs.values()] == ["done", "done"]
     assert [r.attempts for r in recs.values()] == [1, 1]  # not re-run through SAM
     assert all(r.outputs == OUTPUTS for r in recs.values())
-    assert len(m.started) == 2 and m.finish_calls[0] == 2  # the repeat got the first's outputs
+    # the exporter said "running" when asked: the finish was waited for, never re-sent
+    assert len(m.started) == 2 and m.finish_calls[0] == 1 and m.finish_calls[1] == 1
+
+
+def test_finish_past_its_deadline_counts_as_done_by_status(fake):
+    m = fake(export_delay=0.8, export_workers=2)  # finish outlives the call's deadline (0.5 s)
+    mesh = m.mesh()
+    mesh.exporter = lambda: Client(m.endpoints["exporter"], timeout=0.5, retries=1,
+                                   contract=EXPORTER)  # fmt: skip
+    sched, recs = run(m, 2, mesh=mesh)
+    # the call failed at its deadline (not re-sent); the episode is done once, by status
+    assert [r.result for r in recs.values()] == ["done", "done"]
+    assert all(m.finish_calls[e] <= 2 for e in (0, 1)) and sorted(m.exported) == [0, 1]
 
 
 def test_episode_written_despite_an_error_reply_counts_as_done(fake):

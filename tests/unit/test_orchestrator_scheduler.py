@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from orchestrator.config import parse_pipeline
+from orchestrator.config import PipelineConfigError, parse_pipeline
 from orchestrator.plan import DatasetInfo, build_plans
 from orchestrator.scheduler import Mesh, Scheduler
 from protocol.client import Client
@@ -265,6 +265,9 @@ def fake():
         m.close()
 
 
+OPEN_BODY = {"output": "/o", "source": "/fake.zarr", "camera_key": "img", "outputs": ["rgbm"]}
+
+
 def run(fake_mesh: FakeMesh, n_episodes: int, pipeline: dict | None = None,
         mesh: Mesh | None = None, **run_cfg):  # fmt: skip
     ends = tuple(T * (i + 1) for i in range(n_episodes))
@@ -279,7 +282,7 @@ def run(fake_mesh: FakeMesh, n_episodes: int, pipeline: dict | None = None,
         ds,
         run_id="t1",
         cfg=cfg,
-        export_open={"output": "/o"},
+        export_open=OPEN_BODY,
         export_id="x1",
     )
     records = sched.run()
@@ -341,11 +344,19 @@ def test_failed_episode_retried_then_recorded_and_run_goes_on(fake):
     assert set(m.started) == set(m.closed)  # every session closed, failed ones too
 
 
-def test_failed_request_retried_with_backoff(fake):
+def test_a_failed_read_retries_the_episode_not_the_request(fake):
     m = fake()
-    m.read_fail_once.add(1)
-    sched, recs = run(m, 2, request_retries=1)
-    assert recs[1].result == "done" and recs[1].attempts == 1 and recs[1].request_retries == 1
+    m.read_fail_once.add(1)  # answered `timeout` once: one layer retries, the episode's
+    sched, recs = run(m, 2)
+    assert recs[1].result == "done" and recs[1].attempts == 2 and recs[1].request_retries == 0
+
+
+def test_request_retries_key_is_refused_naming_what_replaced_it():
+    with pytest.raises(
+        PipelineConfigError, match=r"run.request_retries: removed: .*episode_retries"
+    ):
+        parse_pipeline({"pipeline": "rgbm", "prompt": {"source": "text", "text": "mug"},
+                        "run": {"request_retries": 1}})  # fmt: skip
 
 
 def test_fail_fast_stops_the_run(fake):
@@ -394,9 +405,7 @@ def test_dead_replica_leaves_the_run_and_its_episode_is_retried(fake):
     cfg = parse_pipeline({"pipeline": "rgbm", "prompt": {"source": "text", "text": "mug"},
                           "run": {"progress": False, "backoff_s": 0.01, "replica_down_s": 0.3}})  # fmt: skip
     plans = build_plans(cfg, ds, [0, 1, 2], None)
-    sched = Scheduler(
-        plans, mesh, ds, run_id="t2", cfg=cfg, export_open={"output": "/o"}, export_id="x1"
-    )
+    sched = Scheduler(plans, mesh, ds, run_id="t2", cfg=cfg, export_open=OPEN_BODY, export_id="x1")
     recs = sched.run()
     assert [r.result for r in recs.values()] == ["done"] * 3
     assert max(r.attempts for r in recs.values()) == 2  # the one the dead replica took
