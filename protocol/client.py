@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 COOL_OFF_S = 2.0
 BACKOFF_S = (0.005, 0.5)  # first and largest pause between `overloaded` retries
 HEALTH_OPS = frozenset({"ping", "info", "inflight"})  # built-ins: a retryable reply not resent
-STALL_S = 30.0  # no sign of life (or, for a long op, of progress) this long: replica is lost
+STALL_S = 25.0  # no sign of life (or, for a long op, of progress) this long: replica is lost;
+# 25 s so that, with probe and scheduling delays, a dead or stuck replica is noticed in < 30 s
 PROBE_S = 2.0  # ask about a request unanswered this long, then again at this interval
 
 _DONE, _PENDING = "done", "pending"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 
 from services.sam.backends.base import (
     CAPABILITIES,
@@ -28,6 +29,8 @@ BACKENDS: dict[str, str] = {
     "efficienttam": "services.sam.backends.sam2_backend:EfficientTamBackend",
     "sam3": "services.sam.backends.sam3_backend:Sam3Backend",
 }
+if os.environ.get("MESH_TEST_BACKENDS") == "1":  # fault-injecting backends, for tests only
+    BACKENDS["test_hang"] = "services.sam.backends.testing:HangingTestBackend"
 
 
 def create_backend(name: str, options: dict | None = None) -> SamBackend:
