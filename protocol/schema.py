@@ -44,8 +44,11 @@ def message(cls: type | None = None, /):
 def _hints(cls: type) -> dict[str, Any]:
     h = _HINTS.get(cls)
     if h is None:
-        mod = sys.modules.get(cls.__module__)
-        h = get_type_hints(cls, globalns=vars(mod) if mod else None)
+        try:  # each class of the MRO resolves its annotations in its own module
+            h = get_type_hints(cls)
+        except NameError:
+            mod = sys.modules.get(cls.__module__)
+            h = get_type_hints(cls, globalns=vars(mod) if mod else None)
         _HINTS[cls] = h
     return h
 
@@ -131,7 +134,18 @@ def _check(tp: Any, v: Any, path: str) -> Any:
             return v
     else:
         raise TypeError(f"{path}: annotation {tp!r} is not supported by protocol.schema")
+    if isinstance(v, str) and tp in (bool, int, float):
+        example = "true or false" if tp is bool else "a number"
+        shown = repr(v) if len(v) <= 40 else repr(v[:40]) + "..."
+        raise BadRequest(f"{path}: expected {_show(tp)}, got str {shown}; write {example} "
+                         "without quotes (YAML/JSON), e.g. "
+                         f"{path.rsplit('.', 1)[-1]}={'false' if tp is bool else '3'}")  # fmt: skip
     raise BadRequest(f"{path}: expected {_show(tp)}, got {_tname(v)}")
+
+
+def check_value(tp: Any, v: Any, path: str) -> Any:
+    """One value against one annotation, by the rules of parse() (protocol/options.py)."""
+    return _check(tp, v, path)
 
 
 def _show(tp: Any) -> str:
@@ -157,4 +171,4 @@ def describe(cls: type) -> dict[str, str]:
     return {name: _show(t) for name, t in _hints(cls).items()}
 
 
-__all__ = ["message", "parse", "describe"]
+__all__ = ["check_value", "describe", "message", "parse"]

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from protocol.errors import BadRequest
+from protocol.schema import check_value
 from services.reader.buffer import ReplayBuffer, realpath
 from services.reader.cache import BlockCache
 from services.reader.errors import DatasetNotFound, OutOfRange, TooLarge
@@ -78,8 +80,11 @@ class ReaderConfig:
         if "roots" in opts:
             roots = opts["roots"]
             opts["roots"] = tuple([roots] if isinstance(roots, str) else roots)
-        if "prefetch" in opts and isinstance(opts["prefetch"], str):
-            opts["prefetch"] = opts["prefetch"].lower() in ("1", "true", "yes", "on")
+        if "prefetch" in opts:  # the one rule of every option (protocol/options.py)
+            try:
+                opts["prefetch"] = check_value(bool, opts["prefetch"], "reader option prefetch")
+            except BadRequest as e:
+                raise ValueError(str(e)) from None
         return cls(**opts)
 
 

@@ -94,7 +94,9 @@ def test_bad_requests_name_the_field(prompts_service):
 
 
 def test_unknown_option_stops_the_start_with_the_valid_ones():
-    with pytest.raises(RuntimeError, match=r"option 'prompt_file' is not known .*'prompts_file'"):
+    with pytest.raises(
+        RuntimeError, match=r"options.prompt_file: unknown field; valid fields are .*'prompts_file'"
+    ):
         spawn_service("vlm", backend="prompts", options={"prompt_file": "x.yaml"}, ready_timeout=30)
 
 

@@ -55,29 +55,30 @@ def _prompts_backend(tmp_path, coords="abs", box="[320, 120, 480, 360]", **opts)
 def test_unknown_option_lists_valid_ones():
     with pytest.raises(
         OptionError,
-        match=r"'base_ur' is not known to the openai backend; valid options: \[.*'base_url'",
+        match=r"openai backend options.base_ur: unknown field; valid fields are \[.*'base_url'",
     ):
         make_backend("openai", {"base_ur": "http://x"})
     with pytest.raises(OptionError, match=r"backend: 'llama' is not one of"):
         make_backend("llama", {})
 
 
-def test_option_types_are_checked_and_cli_strings_converted():
+def test_option_types_are_checked_by_the_one_rule():
     b = make_backend(
         "openai",
-        {
-            "concurrency": "3",
-            "pre_resize": "false",
-            "timeout": "2.5",
-            "extra_body": '{"top_k": 1}',
-            "model": "qwen",
-        },
-    )
-    assert b.concurrency == 3 and b.opts.pre_resize is False and b.opts.timeout == 2.5
+        {"concurrency": 3, "pre_resize": False, "timeout": 2, "extra_body": {"top_k": 1},
+         "model": "qwen"},
+    )  # fmt: skip
+    assert b.concurrency == 3 and b.opts.pre_resize is False and b.opts.timeout == 2.0
     assert b.opts.extra_body == {"top_k": 1}
-    with pytest.raises(OptionError, match="option 'concurrency'"):
+    # strings are not booleans or numbers (--option VALUE is YAML: pre_resize=false is false)
+    with pytest.raises(OptionError, match=r"pre_resize: expected bool, got str 'no'; "
+                                          r"write true or false without quotes"):  # fmt: skip
+        make_backend("openai", {"pre_resize": "no"})
+    with pytest.raises(OptionError, match=r"options.concurrency: expected int, got str '3'"):
+        make_backend("openai", {"concurrency": "3"})
+    with pytest.raises(OptionError, match="options.concurrency"):
         make_backend("openai", {"concurrency": "many"})
-    with pytest.raises(OptionError, match="option 'coords'"):
+    with pytest.raises(OptionError, match="options.coords"):
         make_backend("openai", {"coords": "pixels"})
     with pytest.raises(OptionError, match="base_url"):
         make_backend("openai", {"base_url": "127.0.0.1:8000"})

@@ -9,9 +9,9 @@ Usage:
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 
+from protocol.options import check_kwargs
 from services.sam.backends.base import (
     CAPABILITIES,
     DIRECTIONS,
@@ -40,15 +40,8 @@ def create_backend(name: str, options: dict | None = None) -> SamBackend:
     module_name, cls_name = BACKENDS[name].split(":")
     module = importlib.import_module(module_name)
     cls = getattr(module, cls_name)
-    options = dict(options or {})
-    params = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        valid = sorted(k for k in params if k != "self")
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"options: unknown key(s) {unknown} for backend {name!r}; valid: {valid}"
-            )
+    # one rule for every option (protocol/options.py): unknown names refused, values by type
+    options = check_kwargs(cls.__init__, options, where=f"backend {name} options")
     backend = cls(**options)
     unknown = set(backend.capabilities) - CAPABILITIES
     if unknown or ("text" in backend.prompt_kinds) != ("text_prompts" in backend.capabilities):

@@ -13,13 +13,12 @@ Heavy imports (httpx, vllm) happen inside the backend modules, only when chosen.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import json
-import types
-from typing import Any, Literal, Protocol, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from protocol.options import parse_options as _parse_options
 
 from ..errors import OptionError
 
@@ -72,73 +71,8 @@ def make_backend(name: str, options: dict | None) -> VlmBackend:
 
 
 def parse_options(cls: type, options: dict, backend: str) -> Any:
-    """Build the frozen options dataclass `cls` from a dict, refusing unknown keys and bad types."""
+    """Build the frozen options dataclass `cls` by the one rule of every option and message
+    (protocol/options.py): unknown keys refused, values by their annotated types."""
     if not isinstance(options, dict):
         raise OptionError(f"options: expected a mapping, got {type(options).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = get_type_hints(cls)
-    for key in options:
-        if key not in fields:
-            raise OptionError(
-                f"option {key!r} is not known to the {backend} backend; valid options: {sorted(fields)}"
-            )
-    kwargs = {}
-    for name, f in fields.items():
-        if name in options:
-            kwargs[name] = _coerce(hints[name], options[name], name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise OptionError(f"option {name!r} is required by the {backend} backend")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, v: Any, name: str) -> Any:
-    """Check (and from CLI strings, convert) one option value against its annotation."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if v is None or (
-            isinstance(v, str) and v.lower() in ("none", "null") and type(None) in args
-        ):
-            if type(None) in args:
-                return None
-        for a in args:
-            if a is not type(None):
-                try:
-                    return _coerce(a, v, name)
-                except OptionError:
-                    pass
-        raise OptionError(f"option {name!r}: expected {tp}, got {v!r}")
-    if origin is Literal:
-        if v not in get_args(tp):
-            raise OptionError(f"option {name!r}: {v!r} is not one of {list(get_args(tp))}")
-        return v
-    if tp is bool:
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return v.lower() in ("true", "1", "yes")
-    elif tp is int:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            return int(v)
-    elif tp is float:
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, str):
-            try:
-                return float(v)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(v, str):
-            return v
-    elif tp is dict or origin is dict:
-        if isinstance(v, str):  # from the command line: --option extra_body='{"top_k": 1}'
-            try:
-                v = json.loads(v)
-            except ValueError:
-                pass
-        if isinstance(v, dict):
-            return v
-    raise OptionError(f"option {name!r}: expected {getattr(tp, '__name__', tp)}, got {v!r}")
+    return _parse_options(cls, options, where=f"{backend} backend options", error=OptionError)
