@@ -262,7 +262,7 @@ def resolve_frames(cfg: PipelineConfig, ds: Any, episodes: list[int], prompts: A
                     raise FrameError("prompt.frame: grasp needs the reader service")
                 body = {"dataset": ds.dataset, "episode": ep, "keys": [key]}
                 try:
-                    reply = call(reader, "arrays", body, policy=policy or RetryPolicy())
+                    reply = call(reader, "arrays", body)
                 except (RemoteError, ServiceUnavailable) as e:
                     raise FrameError(f"episode {ep}: reader arrays data/{key}: {e}") from None
                 arr = reply["arrays"][key]

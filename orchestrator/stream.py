@@ -163,7 +163,7 @@ def _ask_held(stream: EpisodeStream, vlm: Client, op: PromptOp, image: np.ndarra
     body = {"task": HELD_TASK, "image": image, "episode": stream.plan.episode}
     if op.vlm:
         body["instruction"] = op.vlm  # the episode's instruction, as a hint
-    out = call(vlm, "plan", body, policy=policy, stop=stop, stats=stream.stats)
+    out = call(vlm, "plan", body, stop=stop, stats=stream.stats)
     res = out.get("result")
     if not isinstance(res, dict) or not isinstance(res.get("held"), bool):
         raise ValueError(

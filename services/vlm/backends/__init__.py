@@ -14,7 +14,7 @@ Heavy imports (httpx, vllm) happen inside the backend modules, only when chosen.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
