@@ -57,6 +57,7 @@ class StudioMesh:
     extra: list = field(default_factory=list)  # processes a test started (stopped at the end)
     studio: subprocess.Popen | None = None
     url: str = ""
+    studio_endpoint: str = ""  # the studio's mesh endpoint (ping / info / status)
     log: Path | None = None
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -64,6 +65,7 @@ class StudioMesh:
         self.studio, endpoint, self.log = spawn_service(
             "studio", backend="http", options=self.options, ready_timeout=120,
             log_path=self.tmp / "studio.log")  # fmt: skip
+        self.studio_endpoint = endpoint
         c = Client(endpoint, timeout=10, retries=0)
         try:
             self.url = c.call("info")["url"]

@@ -82,6 +82,10 @@ def test_requests_without_a_valid_token_are_refused(mesh, alice):
                                      "data": {"box": [50, 50, 10, 10]}}, 400, "x0 < x1"),
         ("/api/episodes/0/propagate", {"direction": "sideways"}, 400, "direction: 'sideways'"),
         ("/api/episodes/0/review", {"action": "maybe"}, 400, "action: 'maybe'"),
+        ("/api/episodes/0/prompts", {"obj_id": 1, "frame": 0, "kind": "text",
+                                     "data": {"text": "the red mug"}}, 400,
+         "not supported by backend 'classical'"),
+        ("/api/episodes/0/objects", {"name": "a b"}, 400, "name: 1-32 letters"),
         ("/api/episodes/0/nothing", {}, 404, "no such endpoint"),
     ],
 )  # fmt: skip
@@ -215,3 +219,24 @@ def test_rounds_are_kept_and_approve_exports_once(mesh, alice):
     assert st["per_annotator"]["alice"]["approved"] == 1 and st["per_round"]["1"] == {
         "needs_round": 1
     }
+
+
+def test_free_objects_and_the_mesh_status_op(mesh, alice):
+    s, o = jcall(mesh, "POST", "/api/episodes/0/objects", {"name": "spoon"}, token=alice)
+    assert s == 200 and o["role"] is None and o["obj_id"] == 2
+    s, r = jcall(mesh, "POST", "/api/episodes/0/objects", {"name": "spoon"}, token=alice)
+    assert s == 400 and "already has an object named 'spoon'" in r["error"]
+    from protocol.client import Client
+    from services.studio.api import CONTRACT
+
+    info = Client(mesh.studio_endpoint, timeout=10, contract=CONTRACT)
+    try:
+        st = info.call("status", CONTRACT.request("status"))
+    finally:
+        info.close()
+    assert st["url"] == mesh.url and st["services"] == {
+        "reader": True,
+        "sam": True,
+        "exporter": True,
+    }
+    assert st["episodes"]["approved"] == 1
