@@ -12,7 +12,8 @@ box, forward), image (segment_image with each first frame's GT box), interactive
 the box protocol, up to --rounds simulated corrections on the worst-J frame, re-propagation).
 Metrics (bench/vos_metrics.py): DAVIS J and F (boundary tolerance 0.008 of the diagonal),
 means over frames 1..T-2 per sequence, then over sequences. frames/s: frames over prompting +
-propagation time of the mask protocol, one object. Without the DAVIS folder it prints why and
+propagation time of the mask protocol, one object (wall clock), and frames per CPU second of
+the process (fps_per_cpu_second: what one free core gives, whatever else runs). Without the DAVIS folder it prints why and
 exits 0 (skipped). The LAST line is one JSON object.
 """
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     mgr = SessionManager(backend, max_sessions=2)
     load_start = os.getloadavg()
     rows: dict[str, dict] = {}
-    fps_frames, fps_s = 0, 0.0
+    fps_frames, fps_s, cpu_s = 0, 0.0, 0.0
     for name in names:
         frames, gts = load_sequence(root, name, args.max_frames)
         row: dict = {"frames": int(len(frames))}
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 if kind == "mask":
                     fps_frames += r["frames"]
                     fps_s += r["prompt_s"] + r["propagate_s"]
+                    cpu_s += r["cpu_s"]
         if "image" in args.protocols:
             row["image_iou"] = round(run_image(backend, frames[0], gts[0]), 4)
         if "interactive" in args.protocols:
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_line(name, row), flush=True)
     load_end = os.getloadavg()
     result = _summary(args, backend_name, options, root, rows, fps_frames, fps_s)
+    if cpu_s > 0:
+        result["fps_per_cpu_second"] = round(fps_frames / cpu_s, 2)
     result["loadavg"] = {"start": [round(x, 2) for x in load_start],
                          "end": [round(x, 2) for x in load_end]}  # fmt: skip
     result["bounded_available"] = has_bounded(mgr)
@@ -215,6 +219,8 @@ def _print_summary(res: dict) -> None:
             print(f"{kind:>5} protocol: J {r['J']:.3f}  F {r['F']:.3f}  J&F {r['JF']:.3f}")
     if "fps" in res:
         print(f"speed: {res['fps']:.1f} frames/s (mask protocol, one object, prompt + propagate)")
+        if "fps_per_cpu_second" in res:
+            print(f"       {res['fps_per_cpu_second']:.1f} frames per CPU second (all threads)")
     if "image_iou" in res:
         print(f"single-image box -> mask IoU (frame 0): {res['image_iou']:.3f}")
     if "interactive" in res:
