@@ -51,7 +51,7 @@ def _session_masks(c: Client, frames: np.ndarray, futures: list) -> bytes:
     assert max(f.result()["received"] for f in puts) == t
     go("add_prompt", {"session": sid, "frame": 0, "obj_id": 1, "box": BOX})
     go("add_prompt", {"session": sid, "frame": 0, "obj_id": 2, "points": [[40, 100]],
-                      "labels": [1]}, False)  # fmt: skip
+                      "labels": [1]})  # fmt: skip
     assert go("propagate", {"session": sid, "direction": "both"})["frames"] >= t
     chunks = [c.submit("masks", {"session": sid, "start": s, "stop": min(s + 4, t)})
               for s in range(0, t, 4)]  # fmt: skip
