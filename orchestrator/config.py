@@ -247,13 +247,8 @@ def _check_rgbm(cfg: PipelineConfig) -> None:
         raise _fail(
             "prompts_file", "prompt.source is 'file': set prompts_file (or pass --prompts FILE)"
         )
-    if p.source != "file" and cfg.prompts_file:
-        raise _fail(
-            "prompts_file",
-            f"{cfg.prompts_file} would not be read: prompt.source is {p.source!r}; set "
-            "prompt.source: file to take the target boxes from it (--prompts FILE does both), "
-            "or remove prompts_file",
-        )
+    # With prompt.source vlm/text a prompts file may only carry per-episode `frame:`
+    # overrides; one with target boxes is refused when it is read (run.check_prompts_use).
     if p.source == "text" and not (p.text and p.text.strip()):
         raise _fail("prompt.text", "prompt.source is 'text': give the SAM3 text, e.g. 'red mug'")
     if p.source != "text" and p.text is not None:

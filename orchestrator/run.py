@@ -109,9 +109,29 @@ def _load_prompts(cfg: PipelineConfig) -> PromptsFile | None:
     if not cfg.prompts_file:
         return None
     try:
-        return load_prompts_file(cfg.prompts_file)
+        pf = load_prompts_file(cfg.prompts_file)
     except PromptsFileError as e:
         raise RunError(f"prompts_file: {e}") from None
+    check_prompts_use(cfg, pf)
+    return pf
+
+
+def check_prompts_use(cfg: PipelineConfig, pf: PromptsFile) -> None:
+    """An rgbm config whose prompt.source is vlm or text reads a prompts file ONLY for its
+    per-episode `frame:` overrides: a target box (or objects) there would be silently
+    ignored, so such a file is refused rather than run with prompts it does not use."""
+    if cfg.pipeline != "rgbm" or cfg.prompt.source == "file":
+        return
+    for ep, entry in sorted(pf.episodes.items()):
+        for key, val in (("target", entry.target), ("objects", entry.objects),
+                         ("refinements", entry.refinements)):  # fmt: skip
+            if val:
+                raise RunError(
+                    f"prompts_file: {pf.source}: episodes.{ep}.{key} would not be read: "
+                    f"prompt.source is {cfg.prompt.source!r}, which takes only per-episode "
+                    "`frame:` overrides from a prompts file; set prompt.source: file to use "
+                    "its boxes (--prompts FILE does both), or remove the entry"
+                )
 
 
 def _setup_call(client: Client, op: str, body: dict, what: str) -> dict:

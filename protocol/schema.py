@@ -102,8 +102,10 @@ def _check(tp: Any, v: Any, path: str) -> Any:
         )
     if origin is Literal:
         choices = get_args(tp)
-        if v not in choices or type(v) is bool:
-            raise BadRequest(f"{path}: {v!r} is not one of {list(choices)}")
+        # only scalars compare: `array in choices` would raise (truth value of an array)
+        if not isinstance(v, str | int | float) or type(v) is bool or v not in choices:
+            raise BadRequest(f"{path}: {_tname(v) if isinstance(v, np.ndarray) else repr(v)} "
+                             f"is not one of {list(choices)}")  # fmt: skip
         return v
     if origin is list:
         if not isinstance(v, list):

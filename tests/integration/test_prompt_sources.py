@@ -84,7 +84,9 @@ def test_prompts_file_of_another_buffer_or_without_buffer_entry_is_refused(two, 
     msg = str(ei.value)
     assert "buffer: missing" in msg and f"fingerprint: {entry['fingerprint']}" in msg
     # the fingerprint command prints the very entry the generator wrote
-    r = _cli("fingerprint", "--input", str(b["data"]), "--services", str(m.services))
+    # (the demo layout has two RGB keys, head_cam_img and right_cam_img: name the camera)
+    r = _cli("fingerprint", "--input", str(b["data"]), "--camera-key", "head_cam_img",
+             "--services", str(m.services))  # fmt: skip
     assert r.returncode == 0, r.stderr
     printed = yaml.safe_load(r.stdout)["buffer"]
     assert printed["fingerprint"] == entry["fingerprint"] and printed["size"] == [96, 96]
@@ -104,7 +106,7 @@ def test_dry_run_says_where_each_prompt_comes_from(two, tmp_path):
     assert r.returncode == 0, r.stderr
     vlm_ep = m.endpoints["vlm"][0]
     assert f"{vlm_ep} backend prompts answering from {a['prompts']}" in r.stdout
-    assert "target#1@0:vlm box <- vlm bbox" in r.stdout
+    assert "target#1@0:vlm box of the instruction <- vlm bbox" in r.stdout
     r = _cli("run", "--config", "configs/pipelines/rgbm.yaml", "--input", str(b["data"]),
              "--prompts", str(b["prompts"]), "--dry-run", *common)  # fmt: skip
     assert r.returncode == 0, r.stderr

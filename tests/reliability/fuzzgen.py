@@ -178,7 +178,8 @@ class Generator(Values):
     def _k_wrong_version(self) -> Case:
         h, _, _ = self.request()
         v = self.rng.choice([0, 2, 7, 65535])
-        return Case("wrong_version", [frame0(pack_header(h), version=v)], None,
+        # the header itself is readable, so the version_mismatch reply keeps the request's id
+        return Case("wrong_version", [frame0(pack_header(h), version=v)], h["id"],
                     frozenset({"version_mismatch"}))  # fmt: skip
 
     def _k_garbage_msgpack(self) -> Case:

@@ -91,9 +91,9 @@ def test_round_trip_and_overrides(tmp_path):
     assert dataclasses.replace(again, origin=cfg.origin) == cfg
     over = as_pipeline(cfg, {"run": {"fail_fast": True}, "prompt": {"frame": 4}})
     assert over.run.fail_fast and over.prompt.frame == 4 and over.prompt.source == "vlm"
-    # a prompts file that the vlm source would never read is refused, not silently ignored
-    with pytest.raises(PipelineConfigError, match="x.yaml would not be read"):
-        as_pipeline(cfg, {"prompts_file": "x.yaml"})
+    # with the vlm source a prompts file is read for its per-episode `frame:` overrides only;
+    # one carrying target boxes is refused when it is read (test_prompts_use_* below)
+    assert as_pipeline(cfg, {"prompts_file": "x.yaml"}).prompts_file == "x.yaml"
     # an override can make a config valid: source file needs a prompts file
     p = tmp_path / "c.yaml"
     p.write_text("pipeline: rgbm\nprompt: {source: file}\n")
@@ -132,3 +132,26 @@ def test_every_option_is_documented_in_the_shipped_configs():
     # and the documented values are the defaults
     assert parse_pipeline(rgbm).prompt == PromptConfig()
     assert parse_pipeline(rgbm).run == RunConfig()
+
+
+def _pf(entry):
+    from protocol.prompts_file import parse_prompts
+
+    return parse_prompts({"version": 1, "coords": "abs", "episodes": {0: entry}}, "p.yaml")
+
+
+def test_prompts_use_vlm_source_takes_frame_overrides_only():
+    from orchestrator.run import RunError, check_prompts_use
+
+    vlm = parse_pipeline({"pipeline": "rgbm", "prompt": {"source": "vlm", "frame": "grasp"}})
+    check_prompts_use(vlm, _pf({"frame": "last"}))  # an override: read and used
+    boxed = _pf({"target": {"frame": 0, "box": [1, 2, 30, 40]}})
+    with pytest.raises(RunError, match=r"p.yaml: episodes.0.target would not be read"):
+        check_prompts_use(vlm, boxed)  # boxes the vlm source would silently ignore
+    text = parse_pipeline({"pipeline": "rgbm", "prompt": {"source": "text", "text": "mug"}})
+    with pytest.raises(RunError, match="prompt.source: file"):
+        check_prompts_use(text, boxed)
+    filecfg = parse_pipeline(
+        {"pipeline": "rgbm", "prompt": {"source": "file"}, "prompts_file": "p.yaml"}
+    )
+    check_prompts_use(filecfg, boxed)  # the file source reads the boxes

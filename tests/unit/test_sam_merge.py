@@ -280,9 +280,14 @@ def test_classical_through_the_session_keeps_what_the_backend_settled_on():
     mgr = SessionManager(backend)
     sid = mgr.start(h, w, n)
     mgr.put_frames(sid, 0, frames)
+    # boxes 6 px larger than the objects, so the objects compete for pixels (the local
+    # tracker hugs the objects tightly: with exact boxes nothing overlaps to be carved)
+    grow = np.array([-6, -6, 6, 6], np.float32)
+    hi = np.array([w - 1, h - 1, w - 1, h - 1], np.float32)
     for oid, role, keys in ((1, 0, (0, 12)), (2, 1, (6,)), (3, 2, (0, 20))):
         for k in keys:
-            mgr.add_prompt(sid, k, oid, box=box_of(gt[role, k]).tolist())
+            box = np.clip(box_of(gt[role, k]).astype(np.float32) + grow, 0, hi)
+            mgr.add_prompt(sid, k, oid, box=box.tolist())
     mgr.propagate(sid, "both")
     assert max(counts.values()) == 2  # some objects were carved by the other pass
     ids, _, _, packed = mgr.masks(sid)

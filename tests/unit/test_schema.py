@@ -157,3 +157,10 @@ def test_describe_lists_fields_for_info():
     assert d["dataset"] == "str" and d["episode"] == "int" and d["frames"] == "array | None"
     assert d["direction"] == "one of ['forward', 'backward', 'both']"
     assert d["points"] == "list[Point] | None" and d["roles"] == "dict[str, int] | None"
+
+
+@pytest.mark.parametrize("bad", [np.zeros(0, np.uint8), np.zeros(3), ["forward"], {"a": 1}])
+def test_literal_refuses_arrays_and_containers_as_bad_request(bad):
+    # found by the fuzzer: `array in choices` raised ValueError, answered as `internal`
+    with pytest.raises(BadRequest, match="direction: .* is not one of"):
+        parse(Req, {"dataset": "d", "episode": 0, "direction": bad})
