@@ -176,10 +176,12 @@ class Mesh:
                 c.close()
 
     def alive(self, service: str, max_age_s: float = 1.0) -> bool:
-        """A ping answered within the last `max_age_s` (cached; one ping of 0.5 s otherwise)."""
+        """A ping answered within the last `max_age_s` (cached; one ping of 0.5 s otherwise).
+        Only answers are cached: a service seen down is pinged again on the next call, so a
+        restarted one is used as soon as it is back."""
         t, ok = self._alive.get(service, (0.0, False))
-        if time.monotonic() - t <= max_age_s:
-            return ok
+        if ok and time.monotonic() - t <= max_age_s:
+            return True
         c = self.cfg.services[service].client(timeout=0.5, retries=0)
         try:
             c.ping(timeout=0.5)
