@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from services.exporter.episode import EpisodeJob, Writer
+from services.exporter.episode import EpisodeJob
 from services.exporter.errors import bad
 from services.exporter.fsutil import atomic_write_json, fsync_path, remove_quietly, tmp_path_for
 from services.exporter.layout import Layout
@@ -39,12 +39,11 @@ from services.exporter.options import ExportOptions
 from services.exporter.sets import (
     EVAL,
     TRAIN,
+    SplitWriter,
     episode_split,
     fsync_tree,
     is_studio_approved,
     noun_phrase,
-    parse_roles,
-    select_objects,
     split_record,
 )
 
@@ -68,27 +67,20 @@ def propainter_frame(root: Path, episode: int, obj_id: int, t: int) -> Path:
               f"{obj_id}); looked for {' and '.join(tried)} (ProPainter --save_frames layout)")  # fmt: skip
 
 
-class GroundingWriter(Writer):
-    needs_rgb = True
-
-    def __init__(self, n_episodes: int) -> None:
-        self.n_episodes = n_episodes
+class GroundingWriter(SplitWriter):
+    roles_option = "grounding_roles"
 
     def begin(self, job: EpisodeJob) -> None:
-        super().begin(job)
-        opts = job.options
         self.tmp: Path | None = None
-        self.skip = opts.approved_only and not is_studio_approved({"meta": job.meta})
+        super().begin(job)
         if self.skip:
             return
-        self.objs = select_objects(job, parse_roles(opts.grounding_roles, "grounding_roles"),
-                                   "grounding_roles")  # fmt: skip
+        opts = job.options
         self.inpainted = Path(opts.inpainted_dir) if opts.inpainted_dir else None
         if self.inpainted is not None and not self.inpainted.is_dir():
             raise bad(f"options.inpainted_dir: {self.inpainted} is not a folder on the exporter "
                       "host; give ProPainter's output folder or leave it empty")  # fmt: skip
-        split = episode_split(self.n_episodes, opts.eval_fraction, opts.split_seed)[job.episode]
-        self.dest = job.layout.root / "grounding" / SPLITS[split] / f"{job.episode:04d}"
+        self.dest = job.layout.root / "grounding" / SPLITS[self.split] / f"{job.episode:04d}"
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.frames = grounding_frames(job.n_frames, opts.grounding_frames)
         self.number = {t: i + 1 for i, t in enumerate(self.frames)}

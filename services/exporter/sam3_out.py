@@ -35,19 +35,17 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from services.exporter.episode import EpisodeJob, Writer
+from services.exporter.episode import EpisodeJob
 from services.exporter.fsutil import atomic_write_json, fsync_path, remove_quietly, tmp_path_for
 from services.exporter.layout import Layout
 from services.exporter.options import ExportOptions
 from services.exporter.sets import (
     EVAL,
     TRAIN,
-    episode_split,
+    SplitWriter,
     fsync_tree,
     is_studio_approved,
     noun_phrase,
-    parse_roles,
-    select_objects,
     split_record,
 )
 from services.exporter.ytvis import encode_jpeg, encode_rles
@@ -84,24 +82,15 @@ def keep_negatives(pos: list[int], neg: list[int], share: float, seed: int,
     return sorted(int(t) for t in rng.choice(neg, size=n, replace=False))
 
 
-class Sam3Writer(Writer):
-    needs_rgb = True
-
-    def __init__(self, n_episodes: int) -> None:
-        self.n_episodes = n_episodes
+class Sam3Writer(SplitWriter):
+    roles_option = "sam3_roles"
 
     def begin(self, job: EpisodeJob) -> None:
-        super().begin(job)
-        opts = job.options
         self.tmp2: Path | None = None
         self.tmp1: Path | None = None
-        self.skip = opts.approved_only and not is_studio_approved({"meta": job.meta})
+        super().begin(job)
         if self.skip:
             return
-        self.objs = select_objects(job, parse_roles(opts.sam3_roles, "sam3_roles"), "sam3_roles")
-        self.split = episode_split(self.n_episodes, opts.eval_fraction, opts.split_seed)[
-            job.episode
-        ]
         root = sam3_dir(job.layout)
         self.dest2 = root / "stage2" / STAGE2[self.split] / f"{job.episode:04d}"
         self.dest1 = root / "stage1" / STAGE1[self.split] / f"{job.episode:04d}"

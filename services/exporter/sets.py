@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.exporter.episode import EpisodeJob
+from services.exporter.episode import EpisodeJob, Writer
 from services.exporter.errors import bad
 from services.exporter.fsutil import fsync_path
 from services.exporter.options import ROLES
@@ -112,3 +112,27 @@ def fsync_tree(root: Path) -> None:
         for name in files:
             fsync_path(Path(dirpath) / name)
         fsync_path(Path(dirpath))
+
+
+class SplitWriter(Writer):
+    """Base of the outputs split by episode (sam3, grounding): under `approved_only` an
+    episode the studio did not approve is skipped; otherwise the objects of the roles option
+    named by `roles_option` are selected and the episode's seeded split is looked up."""
+
+    needs_rgb = True
+    roles_option = ""  # the ExportOptions field listing the roles to export
+
+    def __init__(self, n_episodes: int) -> None:
+        self.n_episodes = n_episodes
+
+    def begin(self, job: EpisodeJob) -> None:
+        super().begin(job)
+        opts = job.options
+        self.skip = opts.approved_only and not is_studio_approved({"meta": job.meta})
+        if self.skip:
+            return
+        name = self.roles_option
+        self.objs = select_objects(job, parse_roles(getattr(opts, name), name), name)
+        self.split = episode_split(self.n_episodes, opts.eval_fraction, opts.split_seed)[
+            job.episode
+        ]
