@@ -6,19 +6,21 @@ Usage:
     cfg.to_dict()                                               # resolved, for logs and reports
 
 Every option, its default and its meaning is documented in configs/pipelines/*.yaml and
-orchestrator/README.md. Errors name the key and the fix (`prompt.source: ...`).
+orchestrator/README.md. Keys and types are checked by protocol/schema.py (the one validator of
+the mesh: unknown keys refused, one rule for booleans and numbers); the pipeline's own rules
+(ranges, cross-field checks) follow here. Errors name the key, the value and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocol.config import read_yaml
+from protocol.errors import BadRequest
+from protocol.schema import parse
 from protocol.vocab import ARM_ROLES, OUTPUTS
 
 PIPELINES = ("rgbm", "arm_only")
@@ -66,9 +68,11 @@ class ArmOnlyConfig:
     objects: dict | None = None  # inline prompts (prompts-file `objects` schema) for every episode
     refinements: list | None = None  # inline arm refinements (prompts-file schema)
     coords: Literal["abs", "rel"] = "abs"  # coordinates of the inline objects/refinements
-    bootstrap_text: dict = field(default_factory=dict)  # role -> SAM3 text for stage A
+    bootstrap_text: dict[str, str] = field(default_factory=dict)  # role -> SAM3 text, stage A
     bootstrap_frame: int = 0  # frame of the stage A text prompts
-    obj_ids: dict = field(default_factory=lambda: dict(DEFAULT_OBJ_IDS))  # ids of text-only roles
+    obj_ids: dict[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_OBJ_IDS)
+    )  # text-only roles
     dilation_radius: int = 15  # arm-only mask dilation (px), passed to the exporter
 
 
@@ -105,7 +109,8 @@ class PipelineConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     arm_only: ArmOnlyConfig = field(default_factory=ArmOnlyConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    origin: str = "<memory>"  # where the config came from (not a YAML key)
+    origin: str = field(default="<memory>", metadata={"parse": False})  # where the config
+    # came from (not a YAML key: refused like an unknown one)
 
     @property
     def effective_outputs(self) -> tuple[str, ...]:
@@ -138,39 +143,6 @@ def _fail(where: str, msg: str) -> PipelineConfigError:
     return PipelineConfigError(f"{where}: {msg}")
 
 
-def _type_ok(tp: Any, v: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return v in typing.get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        return any(_type_ok(a, v) for a in typing.get_args(tp))
-    if tp is type(None):
-        return v is None
-    if tp is bool:
-        return isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:
-        return isinstance(v, int | float) and not isinstance(v, bool)
-    if origin is tuple or tp is tuple:
-        return isinstance(v, list | tuple) and all(isinstance(x, str) for x in v)
-    return isinstance(v, origin or tp)
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin is tuple:
-        return "a list of names"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-            dict: "a map", list: "a list"}.get(tp, str(tp))  # fmt: skip
-
-
 _REMOVED = {  # keys of earlier releases, refused with what replaced them
     "request_retries": "removed: a request is re-sent inside the protocol client within its "
     "call's deadline (services.yaml `retries`, `timeout_s`); a failed episode is retried by "
@@ -178,33 +150,12 @@ _REMOVED = {  # keys of earlier releases, refused with what replaced them
 }
 
 
-def _build(cls: type, raw: Any, where: str, nested: dict[str, type] | None = None) -> Any:
-    """Check keys and types of `raw` against dataclass `cls` and build it."""
-    nested = nested or {}
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise _fail(where or "config", f"expected a map, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "origin"]
-    kw: dict[str, Any] = {}
-    for k, v in raw.items():
-        path = f"{where}.{k}" if where else str(k)
-        if k in _REMOVED and k not in names:
-            raise _fail(path, _REMOVED[k])
-        if k not in names:
-            raise _fail(path, f"unknown key; valid keys are {names}")
-        if k in nested or dataclasses.is_dataclass(hints[k]):
-            kw[k] = _build(nested.get(k, hints[k]), v, path)
-            continue
-        if not _type_ok(hints[k], v):
-            raise _fail(path, f"expected {_describe(hints[k])}, got {v!r}")
-        if hints[k] is float:
-            v = float(v)
-        if k == "outputs":
-            v = tuple(v)
-        kw[k] = v
-    return cls(**kw)
+def _refuse_removed(raw: dict) -> None:
+    sections = {"": raw, **{k: v for k, v in raw.items() if isinstance(v, dict)}}
+    for section, body in sections.items():
+        for k in body:
+            if k in _REMOVED:
+                raise _fail(f"{section}.{k}" if section else str(k), _REMOVED[k])
 
 
 def _check_run(r: RunConfig) -> None:
@@ -222,8 +173,8 @@ def _check_run(r: RunConfig) -> None:
             raise _fail(f"run.{name}", f"must be >= 0 seconds, got {getattr(r, name)}")
 
 
-def _check_obj_id(where: str, v: Any) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**31:
+def _check_obj_id(where: str, v: int) -> int:
+    if not 0 <= v < 2**31:
         raise _fail(where, f"must be an integer in [0, 2**31), got {v!r}")
     return v
 
@@ -268,7 +219,7 @@ def _check_arm_only(cfg: PipelineConfig) -> None:
     for role, text in a.bootstrap_text.items():
         if role not in ARM_ROLES:
             raise _fail(f"arm_only.bootstrap_text.{role}", f"unknown role; use {list(ARM_ROLES)}")
-        if not isinstance(text, str) or not text.strip():
+        if not text.strip():
             raise _fail(f"arm_only.bootstrap_text.{role}", f"must be a text, got {text!r}")
     if a.bootstrap_frame < 0:
         raise _fail("arm_only.bootstrap_frame", f"must be >= 0, got {a.bootstrap_frame}")
@@ -303,10 +254,10 @@ def parse_pipeline(raw: Any, *, source: str = "<memory>") -> PipelineConfig:
         raise _fail("pipeline", f"{raw['pipeline']!r} is not one of {list(PIPELINES)}")
     if raw.get("version", 1) != 1:
         raise _fail("version", f"this release reads version 1, got {raw.get('version')!r}")
-    nested = {"prompt": PromptConfig, "arm_only": ArmOnlyConfig, "run": RunConfig}
     try:
-        cfg = _build(PipelineConfig, raw, "", nested)
-    except PipelineConfigError as e:
+        _refuse_removed(raw)
+        cfg = parse(PipelineConfig, raw)  # keys and types: protocol.schema, the one validator
+    except (BadRequest, PipelineConfigError) as e:
         raise PipelineConfigError(f"{source}: {e}") from None
     cfg = dataclasses.replace(cfg, origin=source)
     try:

@@ -8,11 +8,13 @@ Usage:
 One file serves both sides: the workstation reads `endpoints` to connect, `make up` on the
 host that runs a service reads `bind` (default: the endpoints themselves). A remote GPU is
 one edit: endpoints -> tcp://gpu-host:PORT, bind -> tcp://0.0.0.0:PORT, plus CURVE keys.
-Unknown keys and bad values are errors that name the key (`services.sam.workers`).
+Keys and types are checked by protocol/schema.py, the one validator of the mesh: unknown
+keys and bad values are errors that name the key, the value and the fix (`services.sam.workers`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 import yaml
 
 from . import security
+from .errors import BadRequest
+from .schema import parse
 from .server import DEFAULT_MAX_MSG_BYTES
 
 KNOWN_SERVICES = ("reader", "sam", "vlm", "exporter", "studio")
@@ -96,27 +100,48 @@ class ServicesConfig:
     run_dir: str = ".run"  # logs and pid files of `make up`
 
 
-_SERVICE_KEYS = {f for f in ServiceConfig.__dataclass_fields__ if f not in ("name", "given")}
-_CURVE_KEYS = set(CurveConfig.__dataclass_fields__)
+@dataclass(frozen=True)
+class ServiceFile:
+    """One service's entry in services.yaml as written; keys and types are checked by
+    protocol.schema (the one validator), ranges and addresses by parse_service."""
+
+    endpoints: list[str] | str  # one address or a list (replicas)
+    backend: str
+    options: dict | None = None  # null = {}
+    bind: list[str] | str | None = None
+    workers: int = ServiceConfig.workers
+    queue_size: int = ServiceConfig.queue_size
+    timeout_s: float = ServiceConfig.timeout_s
+    retries: int = ServiceConfig.retries
+    max_msg_bytes: int = ServiceConfig.max_msg_bytes
+    insecure: bool = ServiceConfig.insecure
+    curve: CurveConfig | None = None
+    env: str | None = None
+
+
+@dataclass(frozen=True)
+class ServicesFile:
+    """The top level of services.yaml (services are parsed one by one: ServiceFile)."""
+
+    services: dict[str, Any]
+    version: int = 1
+    run_dir: str = ".run"  # logs and pid files of `make up`
 
 
 def _err(path: str, msg: str) -> ConfigError:
     return ConfigError(f"{path}: {msg}")
 
 
-def _typed(where: str, v: Any, tp: type | tuple, what: str) -> Any:
-    if isinstance(v, bool) and tp in (int, float, (int, float)):
-        raise _err(where, f"expected {what}, got {v!r}")
-    if not isinstance(v, tp):
-        raise _err(where, f"expected {what}, got {type(v).__name__} {v!r}")
-    return v
+def _parse(cls: type, raw: Any, where: str) -> Any:
+    """protocol.schema.parse with its BadRequest turned into a ConfigError."""
+    try:
+        return parse(cls, raw, where=where)
+    except BadRequest as e:
+        raise ConfigError(str(e)) from None
 
 
-def _str_list(where: str, v: Any) -> tuple[str, ...]:
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise _err(where, "expected a list of tcp://HOST:PORT strings")
+def _addresses(where: str, v: list[str] | str) -> tuple[str, ...]:
+    v = [v] if isinstance(v, str) else v
     for x in v:
         try:
             security.is_loopback(x)
@@ -129,54 +154,40 @@ def _str_list(where: str, v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+_LIMITS = (("workers", 1, "an int >= 1"), ("queue_size", 1, "an int >= 1"),
+           ("retries", 0, "an int >= 0"), ("max_msg_bytes", 4096, "an int >= 4096"))  # fmt: skip
+
+
 def parse_service(name: str, raw: Any, base: Path) -> ServiceConfig:
     where = f"services.{name}"
     if not isinstance(raw, dict):
         raise _err(where, "expected a map with endpoints, backend, options ...")
-    unknown = sorted(set(raw) - _SERVICE_KEYS)
-    if unknown:
-        raise _err(f"{where}.{unknown[0]}", f"unknown key; valid keys are {sorted(_SERVICE_KEYS)}")
     if "endpoints" not in raw or "backend" not in raw:
+        _parse(ServiceFile, {"endpoints": [], "backend": "", **raw}, where)  # typos first
         raise _err(where, "needs `endpoints` (list of tcp://HOST:PORT) and `backend`")
-    kw: dict[str, Any] = {"name": name, "given": frozenset(raw)}
-    kw["endpoints"] = _str_list(f"{where}.endpoints", raw["endpoints"])
-    if not kw["endpoints"]:
+    f = _parse(ServiceFile, raw, where)
+    endpoints = _addresses(f"{where}.endpoints", f.endpoints)
+    if not endpoints:
         raise _err(f"{where}.endpoints", "needs at least one endpoint")
-    kw["backend"] = _typed(f"{where}.backend", raw["backend"], str, "a backend name")
-    if "options" in raw:
-        kw["options"] = dict(_typed(f"{where}.options", raw["options"] or {}, dict, "a map"))
-    if raw.get("bind") is not None:
-        kw["bind"] = _str_list(f"{where}.bind", raw["bind"])
-        if len(kw["bind"]) != len(kw["endpoints"]):
-            raise _err(
-                f"{where}.bind",
-                f"has {len(kw['bind'])} addresses for {len(kw['endpoints'])} endpoints",
-            )
-    for key, tp, what, lo in (("workers", int, "an int >= 1", 1), ("queue_size", int, "an int >= 1", 1),
-                              ("retries", int, "an int >= 0", 0), ("max_msg_bytes", int, "an int >= 4096", 4096),
-                              ("timeout_s", (int, float), "seconds > 0", 1e-9)):  # fmt: skip
-        if key in raw:
-            v = _typed(f"{where}.{key}", raw[key], tp, what)
-            if v < lo:
-                raise _err(f"{where}.{key}", f"expected {what}, got {v!r}")
-            kw[key] = float(v) if key == "timeout_s" else v
-    if "insecure" in raw:
-        kw["insecure"] = _typed(f"{where}.insecure", raw["insecure"], bool, "true or false")
-    if raw.get("env") is not None:
-        kw["env"] = _typed(f"{where}.env", raw["env"], str, "a venv name")
-    if raw.get("curve") is not None:
-        c = _typed(f"{where}.curve", raw["curve"], dict, "a map of key file paths")
-        unknown = sorted(set(c) - _CURVE_KEYS)
-        if unknown:
-            raise _err(
-                f"{where}.curve.{unknown[0]}", f"unknown key; valid keys are {sorted(_CURVE_KEYS)}"
-            )
-        if "public_key" not in c:
-            raise _err(f"{where}.curve.public_key", "required: the server's NAME.key file")
-        paths = {k: str(base / os.path.expanduser(_typed(f"{where}.curve.{k}", v, str, "a file path")))
-                 for k, v in c.items() if v is not None}  # fmt: skip
-        kw["curve"] = CurveConfig(**paths)
-    return ServiceConfig(**kw)
+    bind = () if f.bind is None else _addresses(f"{where}.bind", f.bind)
+    if f.bind is not None and len(bind) != len(endpoints):
+        raise _err(f"{where}.bind", f"has {len(bind)} addresses for {len(endpoints)} endpoints")
+    for key, lo, what in _LIMITS:
+        if getattr(f, key) < lo:
+            raise _err(f"{where}.{key}", f"expected {what}, got {getattr(f, key)!r}")
+    if not f.timeout_s > 0:
+        raise _err(f"{where}.timeout_s", f"expected seconds > 0, got {f.timeout_s!r}")
+    curve = None
+    if f.curve is not None:
+        paths = {k: str(base / os.path.expanduser(v))
+                 for k, v in dataclasses.asdict(f.curve).items() if v is not None}  # fmt: skip
+        curve = CurveConfig(**paths)
+    return ServiceConfig(
+        name=name, endpoints=endpoints, backend=f.backend, options=dict(f.options or {}),
+        bind=bind, workers=f.workers, queue_size=f.queue_size, timeout_s=f.timeout_s,
+        retries=f.retries, max_msg_bytes=f.max_msg_bytes, insecure=f.insecure, curve=curve,
+        env=f.env, given=frozenset(raw),
+    )  # fmt: skip
 
 
 def read_yaml(path: str | os.PathLike, what: str, example: str, error: type[Exception]) -> Any:
@@ -223,23 +234,16 @@ def parse_services(raw: Any, *, path: str = "<config>", base: Path | None = None
     base = base or Path.cwd()
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a map with `services:`")
-    unknown = sorted(set(raw) - {"version", "services", "run_dir"})
-    if unknown:
-        raise _err(
-            unknown[0], "unknown top-level key; valid keys are ['run_dir', 'services', 'version']"
-        )
-    if raw.get("version", 1) != 1:
-        raise _err("version", f"this release reads version 1, got {raw.get('version')!r}")
-    svcs = raw.get("services")
-    if not isinstance(svcs, dict) or not svcs:
+    top = _parse(ServicesFile, {"services": {}, **raw}, "")
+    if top.version != 1:
+        raise _err("version", f"this release reads version 1, got {top.version!r}")
+    if not isinstance(raw.get("services"), dict) or not top.services:
         raise _err("services", "expected a map of service name -> settings")
     out = {}
-    for name, s in svcs.items():
+    for name, s in top.services.items():
         if name not in KNOWN_SERVICES:
             raise _err(
                 f"services.{name}", f"unknown service; valid services are {list(KNOWN_SERVICES)}"
             )
         out[name] = parse_service(name, s, base)
-    run_dir = raw.get("run_dir", ".run")
-    _typed("run_dir", run_dir, str, "a folder path")
-    return ServicesConfig(path=path, services=out, run_dir=run_dir)
+    return ServicesConfig(path=path, services=out, run_dir=top.run_dir)

@@ -44,7 +44,7 @@ def check_kwargs(fn: Callable, options: dict | None, *, where: str = "options",
         return options  # it forwards them: the callee checks
     unknown = sorted(set(options) - set(params))
     if unknown:
-        raise error(f"{where}.{unknown[0]}: unknown key {unknown[0]!r}; valid: {sorted(params)}")
+        raise error(f"{where}.{unknown[0]}: unknown field; valid fields are {sorted(params)}")
     hints = get_type_hints(fn)
     try:
         for k, v in options.items():

@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from protocol.errors import BadRequest
+from protocol.schema import check_value
 from protocol.vocab import COORDS, ROLES
 
 PLAN_TASKS = (
@@ -249,6 +251,13 @@ class _Ctx:
     def fail(self, path: str, problem: str) -> PromptsFileError:
         return PromptsFileError(f"{self.source}: {path}: {problem}")
 
+    def typed(self, tp: Any, v: Any, path: str) -> Any:
+        """`v` by annotation `tp`, by the one rule of protocol/schema.py (booleans, numbers)."""
+        try:
+            return check_value(tp, v, path)
+        except BadRequest as e:
+            raise PromptsFileError(f"{self.source}: {e}") from None
+
     def mapping(
         self, v: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
     ) -> dict:
@@ -256,21 +265,21 @@ class _Ctx:
             raise self.fail(path, f"expected a mapping with keys {list(allowed)}, got {_tn(v)}")
         for k in v:
             if k not in allowed:
-                raise self.fail(f"{path}.{k}", f"unknown key; valid keys are {list(allowed)}")
+                raise self.fail(f"{path}.{k}", f"unknown field; valid fields are {sorted(allowed)}")
         for k in required:
             if k not in v:
                 raise self.fail(f"{path}.{k}", "required key is missing")
         return v
 
     def nonneg_int(self, v: Any, path: str) -> int:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        if self.typed(int, v, path) < 0:
             raise self.fail(path, f"must be a non-negative integer, got {v!r}")
         return v
 
     def number(self, v: Any, path: str) -> float:
-        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+        v = self.typed(float, v, path)
+        if not math.isfinite(v):
             raise self.fail(path, f"must be a finite number, got {v!r}")
-        v = float(v)
         if v < 0 or (self.coords == "rel" and v > 1):
             rng = "[0, 1] (coords: rel)" if self.coords == "rel" else ">= 0 pixels (coords: abs)"
             raise self.fail(path, f"{v:g} is outside {rng}")
@@ -332,7 +341,7 @@ class _Ctx:
                     f"{path}.labels", f"needs one label per point: {len(points)} points, got {n}"
                 )
             for i, x in enumerate(lab):
-                if x not in (0, 1) or isinstance(x, bool):
+                if self.typed(int, x, f"{path}.labels[{i}]") not in (0, 1):
                     raise self.fail(f"{path}.labels[{i}]", f"must be 0 or 1, got {x!r}")
             labels = tuple(int(x) for x in lab)
         elif d.get("labels") is not None:
@@ -386,14 +395,12 @@ def _buffer(ctx: _Ctx, v: Any) -> BufferTie:
     key = d["camera_key"]
     if not isinstance(key, str) or not key or "/" in key:
         raise ctx.fail("buffer.camera_key", f"must be the name under data/, got {key!r}")
-    path = d.get("path")
-    if path is not None and not isinstance(path, str):
-        raise ctx.fail("buffer.path", f"must be a string, got {path!r}")
+    path = ctx.typed(str | None, d.get("path"), "buffer.path")
     episodes = ctx.nonneg_int(d["episodes"], "buffer.episodes") if "episodes" in d else None
     size = d.get("size")
     if size is not None:
-        if not (isinstance(size, list | tuple) and len(size) == 2
-                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)):  # fmt: skip
+        size = ctx.typed(list[int] | tuple[int, ...], size, "buffer.size")
+        if len(size) != 2 or min(size) <= 0:
             raise ctx.fail("buffer.size", f"must be [width, height] in pixels, got {size!r}")
         size = (int(size[0]), int(size[1]))
     return BufferTie(fp, key, path, episodes, size)
@@ -413,18 +420,12 @@ def _episode(ctx: _Ctx, ep: int, entry: Any) -> EpisodePrompts:
     if not any(d.get(k) is not None for k in _CONTENT_KEYS):
         raise ctx.fail(where, f"empty entry; give at least one of {list(_CONTENT_KEYS)}")
     rnd = ctx.nonneg_int(d["round"], f"{where}.round") if d.get("round") is not None else None
-    approved = d.get("approved", False)
-    if not isinstance(approved, bool):
-        raise ctx.fail(f"{where}.approved", f"must be true or false, got {approved!r}")
-    annotator = d.get("annotator")
-    if annotator is not None and not isinstance(annotator, str):
-        raise ctx.fail(f"{where}.annotator", f"must be a name (string), got {annotator!r}")
+    approved = ctx.typed(bool, d.get("approved", False), f"{where}.approved")
+    annotator = ctx.typed(str | None, d.get("annotator"), f"{where}.annotator")
     target = None
     if d.get("target") is not None:
         t = ctx.mapping(d["target"], f"{where}.target", ("frame", "box", "description"), ("box",))
-        desc = t.get("description")
-        if desc is not None and not isinstance(desc, str):
-            raise ctx.fail(f"{where}.target.description", f"must be a string, got {desc!r}")
+        desc = ctx.typed(str | None, t.get("description"), f"{where}.target.description")
         target = Target(
             frame=ctx.nonneg_int(t.get("frame", 0), f"{where}.target.frame"),
             box=ctx.box(t["box"], f"{where}.target.box"),
@@ -522,8 +523,7 @@ def _plan_answer(ctx: _Ctx, path: str, task: str, v: Any) -> Any:
     if task == "mark_bounding_box":
         m = ctx.mapping(v, path, ("bbox_2d", "label", "description"), ("bbox_2d",))
         for k in ("label", "description"):
-            if m.get(k) is not None and not isinstance(m[k], str):
-                raise ctx.fail(f"{path}.{k}", f"must be a string, got {m[k]!r}")
+            ctx.typed(str | None, m.get(k), f"{path}.{k}")
         return {
             "bbox_2d": ctx.box(m["bbox_2d"], f"{path}.bbox_2d"),
             "label": m.get("label") or "",
@@ -535,11 +535,9 @@ def _plan_answer(ctx: _Ctx, path: str, task: str, v: Any) -> Any:
         if isinstance(v, str) and v.strip():
             return {"held": True, "label": v.strip(), "description": v.strip()}
         m = ctx.mapping(v, path, ("held", "label", "description"), ("held",))
-        if not isinstance(m["held"], bool):
-            raise ctx.fail(f"{path}.held", f"must be true or false, got {m['held']!r}")
+        ctx.typed(bool, m["held"], f"{path}.held")
         for k in ("label", "description"):
-            if m.get(k) is not None and not isinstance(m[k], str):
-                raise ctx.fail(f"{path}.{k}", f"must be a string, got {m[k]!r}")
+            ctx.typed(str | None, m.get(k), f"{path}.{k}")
         desc = (m.get("description") or m.get("label") or "").strip() or None
         if m["held"] and desc is None:
             raise ctx.fail(path, "held: true needs a label or description of the object")
@@ -547,6 +545,4 @@ def _plan_answer(ctx: _Ctx, path: str, task: str, v: Any) -> Any:
             raise ctx.fail(path, "held: false names no object; drop label/description")
         return {"held": m["held"], "label": (m.get("label") or desc) if m["held"] else None,
                 "description": desc}  # fmt: skip
-    if not isinstance(v, bool):  # the check_* tasks
-        raise ctx.fail(path, f"must be true or false, got {v!r}")
-    return v
+    return ctx.typed(bool, v, path)  # the check_* tasks

@@ -11,9 +11,20 @@ Usage:
     req = parse(FramesReq, body)   # raises BadRequest naming the field and the fix
 
 Supported annotations: int, float, str, bool, bytes, list, dict, np.ndarray, list[X],
-dict[str, X], X | None, Literal[...], nested @message classes. An int is accepted where a
-float is expected; a bool is never accepted as an int. Unknown keys are refused (a typo in
-a field name must not silently turn a feature off).
+tuple[X, ...] (from a list), dict[str, X], X | None, Literal[...], nested @message classes
+and nested plain dataclasses. A dataclass field with `metadata={"parse": False}` is not a key
+(e.g. where a config came from): it keeps its default and is refused like an unknown key.
+
+This is the one validator of the mesh: wire messages, service and backend options
+(protocol/options.py), configs/services.yaml (protocol/config.py), pipeline YAML
+(orchestrator/config.py), exporter options and reader config all parse through it, so one
+rule holds everywhere and every error has one wording (RULES below):
+- unknown keys are refused naming the valid ones (a typo must not silently turn a feature off);
+- a boolean is a YAML/JSON boolean, never the string "no" and never a number;
+- an int is a whole number, never a bool, a float or a string such as "3";
+- a float is any number (an int is accepted), never a bool or a string.
+Errors name the field path, the value given and the fix:
+    services.sam.workers: expected int, got str '3'; write a whole number without quotes ...
 """
 
 from __future__ import annotations
@@ -53,14 +64,31 @@ def _hints(cls: type) -> dict[str, Any]:
     return h
 
 
+# The fix each scalar rule prints, the same words wherever the value came from.
+RULES = {
+    bool: "write true or false without quotes (YAML/JSON), never a string or a number",
+    int: "write a whole number without quotes (YAML/JSON), e.g. 3, never a boolean or a fraction",
+    float: "write a number without quotes (YAML/JSON), e.g. 0.5, never a boolean",
+}
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def keys(cls: type) -> list[str]:
+    """The keys parse() accepts for `cls` (its fields but those marked parse=False)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("parse", True)]
+
+
 def parse(cls: type, body: Any, *, where: str = "") -> Any:
-    """Validate `body` (a dict) against the @message class `cls` and build an instance."""
+    """Validate `body` (a dict) against the @message (or dataclass) `cls` and build one."""
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise BadRequest(f"{where or 'body'}: must be a map of fields, got {_tname(body)}")
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("parse", True)}
     unknown = [k for k in body if k not in fields]
     if unknown:
         path = f"{where}.{unknown[0]}" if where else str(unknown[0])
@@ -98,7 +126,9 @@ def _check(tp: Any, v: Any, path: str) -> Any:
             except BadRequest as e:
                 errors.append(str(e))
         raise BadRequest(
-            errors[0] if len(errors) == 1 else f"{path}: expected {_show(tp)}, got {_tname(v)}"
+            errors[0]
+            if len(errors) == 1
+            else f"{path}: expected {_show(tp)}, got {_tname(v)}{_value(v)}"
         )
     if origin is Literal:
         choices = get_args(tp)
@@ -109,15 +139,23 @@ def _check(tp: Any, v: Any, path: str) -> Any:
         return v
     if origin is list:
         if not isinstance(v, list):
-            raise BadRequest(f"{path}: expected a list, got {_tname(v)}")
+            raise BadRequest(f"{path}: expected a list, got {_tname(v)}{_value(v)}")
         (item,) = get_args(tp) or (Any,)
         return [_check(item, x, f"{path}[{i}]") for i, x in enumerate(v)]
     if origin is dict:
         if not isinstance(v, dict):
-            raise BadRequest(f"{path}: expected a map, got {_tname(v)}")
+            raise BadRequest(f"{path}: expected a map, got {_tname(v)}{_value(v)}")
         kt, vt = get_args(tp) or (Any, Any)
         return {_check(kt, k, f"{path} key"): _check(vt, x, f"{path}[{k!r}]") for k, x in v.items()}
-    if getattr(tp, "__mesh_message__", False):
+    if origin is tuple or tp is tuple:
+        if not isinstance(v, list | tuple):
+            raise BadRequest(f"{path}: expected a list, got {_tname(v)}{_value(v)}")
+        args = get_args(tp)
+        item = args[0] if args else Any
+        if len(args) > 2 or (len(args) == 2 and args[1] is not Ellipsis):
+            raise TypeError(f"{path}: only tuple[X, ...] is supported by protocol.schema")
+        return tuple(_check(item, x, f"{path}[{i}]") for i, x in enumerate(v))
+    if getattr(tp, "__mesh_message__", False) or _is_dataclass_type(tp):
         return parse(tp, v, where=path)
     if tp is float:
         if isinstance(v, int | float) and not isinstance(v, bool):
@@ -136,13 +174,29 @@ def _check(tp: Any, v: Any, path: str) -> Any:
             return v
     else:
         raise TypeError(f"{path}: annotation {tp!r} is not supported by protocol.schema")
-    if isinstance(v, str) and tp in (bool, int, float):
-        example = "true or false" if tp is bool else "a number"
-        shown = repr(v) if len(v) <= 40 else repr(v[:40]) + "..."
-        raise BadRequest(f"{path}: expected {_show(tp)}, got str {shown}; write {example} "
-                         "without quotes (YAML/JSON), e.g. "
-                         f"{path.rsplit('.', 1)[-1]}={'false' if tp is bool else '3'}")  # fmt: skip
-    raise BadRequest(f"{path}: expected {_show(tp)}, got {_tname(v)}")
+    raise BadRequest(_mismatch(tp, v, path))
+
+
+def _value(v: Any) -> str:
+    """' 3' / " 'no'": the value itself, short, for scalars (arrays and maps only by type)."""
+    if isinstance(v, str | int | float | bool) or v is None:
+        r = repr(v)
+        return " " + (r if len(r) <= 42 else r[:40] + "...")
+    return ""
+
+
+def _mismatch(tp: Any, v: Any, path: str) -> str:
+    """`path: expected int, got str '3'; write a whole number ..., e.g. workers=3`."""
+    msg = f"{path}: expected {_show(tp)}, got {_tname(v)}{_value(v)}"
+    if tp in RULES:
+        return f"{msg}; {RULES[tp]}"
+    if tp is str:
+        return f"{msg}; write a text (quote it in YAML when it looks like a number or a boolean)"
+    if tp is dict:
+        return f"{msg}; write a map of key: value"
+    if tp is list:
+        return f"{msg}; write a list, e.g. [a, b]"
+    return msg
 
 
 def check_value(tp: Any, v: Any, path: str) -> Any:
@@ -173,4 +227,4 @@ def describe(cls: type) -> dict[str, str]:
     return {name: _show(t) for name, t in _hints(cls).items()}
 
 
-__all__ = ["check_value", "describe", "message", "parse"]
+__all__ = ["RULES", "check_value", "describe", "keys", "message", "parse"]

@@ -1,4 +1,5 @@
-"""Export options: a frozen dataclass with defaults in code; unknown keys are rejected.
+"""Export options: a frozen dataclass with defaults in code, parsed by protocol/schema.py
+(unknown keys refused, one rule for booleans and numbers); ranges are checked here.
 
 Usage:
     opts = ExportOptions.from_dict({"dilation_radius": 8, "compressor": "zstd"})
@@ -14,6 +15,8 @@ from typing import Any
 
 import numcodecs
 
+from protocol.errors import BadRequest
+from protocol.schema import parse
 from protocol.vocab import OUTPUTS, ROLES
 from services.exporter.errors import bad
 
@@ -66,18 +69,10 @@ class ExportOptions:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> ExportOptions:
         """Validate and build; every error names the option and the fix."""
-        raw = dict(raw or {})
-        valid = [f.name for f in dataclasses.fields(cls)]
-        for key in raw:
-            if key not in valid:
-                raise bad(f"options.{key}: unknown option; valid options: {', '.join(valid)}")
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        for key, value in raw.items():
-            _check_type(key, value, kinds[key])
-        for name in ("preview_fps", "eval_fraction", "sam3_negatives"):
-            if name in raw:
-                raw[name] = float(raw[name])
-        opts = cls(**raw)
+        try:  # keys and types: protocol.schema, the one validator of the mesh
+            opts = parse(cls, dict(raw or {}), where="options")
+        except BadRequest as e:
+            raise bad(str(e)) from None
         opts._validate()
         return opts
 
@@ -146,19 +141,6 @@ class ExportOptions:
         """Options that shape the output bytes (all but operational ones such as fsync);
         recorded in the manifest and attrs, and must match when an export is resumed."""
         return {k: v for k, v in self.as_dict().items() if k not in OPERATIONAL}
-
-
-def _check_type(key: str, value: Any, kind: Any) -> None:
-    kind = str(kind)
-    ok = {
-        "str": isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "float": isinstance(value, int | float) and not isinstance(value, bool),
-        "dict": isinstance(value, dict),
-    }[kind]
-    if not ok:
-        raise bad(f"options.{key}: expected {kind}, got {type(value).__name__} {value!r}")
 
 
 def parse_outputs(outputs: list[str]) -> tuple[str, ...]:

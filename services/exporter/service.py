@@ -17,9 +17,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from protocol import errors as perr
+from protocol.options import parse_options
+from protocol.schema import keys
 from protocol.server import Service
 from services.exporter import __version__
 from services.exporter.api import (
@@ -40,10 +43,18 @@ from services.exporter.registry import Registry
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local",)  # writes to the local filesystem (run the exporter where the data lives)
-SERVICE_OPTIONS = {
-    "max_held_mb": 4096,  # packed masks held across episodes before put_masks answers overloaded
-    "workers": 2,  # handler threads: put_masks of the next episode runs beside a finish
-}
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """The exporter service's options (parsed by protocol.schema); export options travel
+    per export in open_export (services/exporter/options.py)."""
+
+    max_held_mb: int = 4096  # packed masks held across episodes before put_masks: overloaded
+    workers: int = 2  # handler threads: put_masks of the next episode runs beside a finish
+
+
+SERVICE_OPTIONS = keys(ServiceOptions)
 _ERRORS = {"bad_request": perr.BadRequest, "not_found": perr.NotFound,
            "overloaded": perr.Overloaded, "internal": perr.Internal}  # fmt: skip
 
@@ -65,16 +76,13 @@ def build_service(backend: str, options: dict) -> Service:
     """Build the exporter service; unknown backends and options are refused by name."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: {backend!r} is unknown; valid backends: {', '.join(BACKENDS)}")
-    for key in options:
-        if key not in SERVICE_OPTIONS:
-            raise ValueError(f"option {key!r}: unknown; valid options: {sorted(SERVICE_OPTIONS)}")
-    opts = {**SERVICE_OPTIONS, **options}
-    for key, value in opts.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"option {key}: must be a positive integer, got {value!r}")
-    registry = Registry(max_held_bytes=opts["max_held_mb"] << 20)
+    opts = parse_options(ServiceOptions, options, where="exporter options")
+    for key in SERVICE_OPTIONS:
+        if getattr(opts, key) < 1:
+            raise ValueError(f"exporter options.{key}: must be >= 1, got {getattr(opts, key)}")
+    registry = Registry(max_held_bytes=opts.max_held_mb << 20)
     svc = Service(
-        "exporter", backend=backend, version=__version__, workers=opts["workers"],
+        "exporter", backend=backend, version=__version__, workers=opts.workers,
         capabilities={"outputs": list(OUTPUTS), "roles": list(ROLES),
                       "export_options": list(ExportOptions.__dataclass_fields__)},
         contract=CONTRACT,

@@ -18,7 +18,6 @@ A dataset id is the buffer's real path, so any replica can serve it (opened on f
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -28,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.errors import BadRequest
-from protocol.schema import check_value
+from protocol.options import parse_options
 from services.reader.buffer import ReplayBuffer, realpath
 from services.reader.cache import BlockCache
 from services.reader.errors import DatasetNotFound, OutOfRange, TooLarge
@@ -55,8 +53,8 @@ class ReaderConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_chunk_bytes", "cache_bytes", "threads", "lowdim_max_frame_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            value = getattr(self, name)  # the type was checked by from_options (protocol.schema)
+            if value < 1:
                 raise ValueError(f"reader option {name}={value!r}: must be a positive integer")
         if self.decode not in DECODERS:
             raise ValueError(
@@ -71,21 +69,12 @@ class ReaderConfig:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> ReaderConfig:
-        """From a service options dict; unknown keys raise ValueError listing valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown reader option(s) {unknown}; valid options: {valid}")
+        """From a service options dict, parsed by protocol.schema (the one validator: unknown
+        keys refused naming the valid ones, one rule for booleans and numbers); ValueError."""
         opts = dict(options)
-        if "roots" in opts:
-            roots = opts["roots"]
-            opts["roots"] = tuple([roots] if isinstance(roots, str) else roots)
-        if "prefetch" in opts:  # the one rule of every option (protocol/options.py)
-            try:
-                opts["prefetch"] = check_value(bool, opts["prefetch"], "reader option prefetch")
-            except BadRequest as e:
-                raise ValueError(str(e)) from None
-        return cls(**opts)
+        if isinstance(opts.get("roots"), str):  # one folder may be written without a list
+            opts["roots"] = [opts["roots"]]
+        return parse_options(cls, opts, where="reader options")
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numcodecs
 
 from protocol.errors import ServiceError
+from protocol.options import parse_options
+from protocol.schema import keys
 from protocol.server import Service
 from services.reader import __version__
 from services.reader.api import CONTRACT, ArraysReq, CloseReq, FramesReq, OpenReq
@@ -31,10 +34,17 @@ from services.reader.reader import ReaderConfig, ReplayReader
 log = logging.getLogger(__name__)
 
 BACKENDS = ("zarr",)
-SERVICE_OPTIONS = {
-    "workers": 2,  # handler threads; the reader is thread-safe (decode has its own pool)
-    "queue_size": 64,  # requests waiting before `overloaded`
-}
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """Options of the service itself; every other option is a ReaderConfig one."""
+
+    workers: int = 2  # handler threads; the reader is thread-safe (decode has its own pool)
+    queue_size: int = 64  # requests waiting before `overloaded`
+
+
+SERVICE_OPTIONS = keys(ServiceOptions)
 
 
 def _replies(fn: Callable[[Any], dict]) -> Callable[[Any], dict]:
@@ -55,7 +65,13 @@ def build_service(backend: str, options: dict) -> Service:
     """The reader service for ``backend`` ('zarr') with ``options`` (ReaderConfig + workers)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: unknown; the reader's backends are {BACKENDS}")
-    service_opts = {k: options.get(k, v) for k, v in SERVICE_OPTIONS.items()}
+    service_opts = parse_options(
+        ServiceOptions, {k: v for k, v in options.items() if k in SERVICE_OPTIONS},
+        where="reader options",
+    )  # fmt: skip
+    for k in SERVICE_OPTIONS:
+        if getattr(service_opts, k) < 1:
+            raise ValueError(f"reader options.{k}: must be >= 1, got {getattr(service_opts, k)}")
     reader_opts = {k: v for k, v in options.items() if k not in SERVICE_OPTIONS}
     try:
         config = ReaderConfig.from_options(reader_opts)
@@ -74,8 +90,8 @@ def build_service(backend: str, options: dict) -> Service:
             "codecs": sorted(set(numcodecs.registry.codec_registry) - REFUSED),
             "max_chunk_bytes": config.max_chunk_bytes,
         },
-        workers=int(service_opts["workers"]),
-        queue_size=int(service_opts["queue_size"]),
+        workers=service_opts.workers,
+        queue_size=service_opts.queue_size,
         versions={"zarr_reader": __version__, "numcodecs": numcodecs.__version__},
         contract=CONTRACT,
     )

@@ -9,7 +9,7 @@ Ops (README.md has fields, shapes and dtypes): start_session, put_frames, add_pr
 propagate, masks, progress, drift, remove_object, reset_session, close_session,
 close_sessions, segment_image.
 Masks always travel bit-packed (protocol.masks): `masks` uint8 (..., H, ceil(W/8)) + `width`.
-Options: the service keys in SERVICE_OPTIONS below; every other key goes to the backend,
+Options: the service keys of ServiceOptions below (protocol.schema checks them); every other key goes to the backend,
 which rejects keys it does not know.
 """
 
@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
 from protocol.errors import BadRequest
 from protocol.masks import pack
+from protocol.options import parse_options
+from protocol.schema import keys
 from protocol.server import Service
 from services.sam import __version__
 from services.sam.api import (  # noqa: F401 (request structs re-exported for older imports)
@@ -43,21 +46,31 @@ from services.sam.validation import check_box, check_points
 
 log = logging.getLogger(__name__)
 
-SERVICE_OPTIONS = {
-    "max_sessions": 8,  # open sessions before start_session answers `overloaded`
-    "idle_timeout_s": 600.0,  # a session unused this long is closed and its memory freed
-    "max_session_bytes": 16 << 30,  # largest frame store one session may allocate
-    "max_chunk_bytes": 32 << 20,  # cap on one `masks` reply's packed array
-    "workers": 4,  # request threads: masks, progress, drift answer while a propagation runs
-    "compute_slots": 1,  # prompts/propagations/segment_image at once (1 suits one GPU)
-    "queue_size": 64,  # requests waiting before `overloaded`
-}
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """Options of the service itself (parsed by protocol.schema); the rest go to the backend."""
+
+    max_sessions: int = 8  # open sessions before start_session answers `overloaded`
+    idle_timeout_s: float = 600.0  # a session unused this long is closed and its memory freed
+    max_session_bytes: int = 16 << 30  # largest frame store one session may allocate
+    max_chunk_bytes: int = 32 << 20  # cap on one `masks` reply's packed array
+    workers: int = 4  # request threads: masks, progress, drift answer while a propagation runs
+    compute_slots: int = 1  # prompts/propagations/segment_image at once (1 suits one GPU)
+    queue_size: int = 64  # requests waiting before `overloaded`
 
 
-def _split_options(options: dict) -> tuple[dict, dict]:
+SERVICE_OPTIONS = keys(ServiceOptions)
+
+
+def _split_options(options: dict) -> tuple[ServiceOptions, dict]:
     svc = {k: options[k] for k in options if k in SERVICE_OPTIONS}
     rest = {k: v for k, v in options.items() if k not in SERVICE_OPTIONS}
-    return {**SERVICE_OPTIONS, **svc}, rest
+    opts = parse_options(ServiceOptions, svc, where="sam options")
+    for k in SERVICE_OPTIONS:
+        if getattr(opts, k) <= 0:
+            raise ValueError(f"sam options.{k}: must be > 0, got {getattr(opts, k)}")
+    return opts, rest
 
 
 def build_service(backend: str, options: dict) -> Service:
@@ -70,14 +83,12 @@ def build_service(backend: str, options: dict) -> Service:
     model.setup()
     mgr = SessionManager(
         model,
-        max_sessions=int(opts["max_sessions"]),
-        idle_timeout_s=float(opts["idle_timeout_s"]),
-        max_session_bytes=int(opts["max_session_bytes"]),
+        max_sessions=opts.max_sessions,
+        idle_timeout_s=opts.idle_timeout_s,
+        max_session_bytes=opts.max_session_bytes,
     )
-    max_chunk = int(opts["max_chunk_bytes"])
-    if int(opts["compute_slots"]) < 1:
-        raise ValueError(f"compute_slots: must be >= 1, got {opts['compute_slots']}")
-    compute = threading.BoundedSemaphore(int(opts["compute_slots"]))  # model calls at once
+    max_chunk = opts.max_chunk_bytes
+    compute = threading.BoundedSemaphore(opts.compute_slots)  # model calls at once
     svc = Service(
         "sam",
         backend=backend,
@@ -89,8 +100,8 @@ def build_service(backend: str, options: dict) -> Service:
             "backends": sorted(BACKENDS),
             "max_sessions": mgr.max_sessions,
         },
-        workers=int(opts["workers"]),
-        queue_size=int(opts["queue_size"]),
+        workers=opts.workers,
+        queue_size=opts.queue_size,
         contract=CONTRACT,
     )
     log.info("sam options: %s; backend %s options: %s", opts, backend, backend_opts)

@@ -15,6 +15,8 @@ import re
 import threading
 import time
 
+from protocol.errors import BadRequest
+from protocol.schema import check_value
 from services.studio.calls import Mesh
 from services.studio.http import HttpError
 from services.studio.options import StudioOptions
@@ -62,9 +64,10 @@ class App:
         v = body.get(key, default)
         if v is None:
             raise BadInput(f"{key}: required")
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise BadInput(f"{key}: expected an integer, got {v!r}")
-        return v
+        try:  # the one rule of the mesh (protocol/schema.py): a bool is never an int
+            return check_value(int, v, key)
+        except BadRequest as e:
+            raise BadInput(str(e)) from None
 
     # -- handlers --------------------------------------------------------------------------
     def h_health(self, req, who, args, body, q) -> None:

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from protocol.errors import RemoteError, ServiceUnavailable
+from protocol.errors import BadRequest, RemoteError, ServiceUnavailable
+from protocol.schema import check_value
 from services.studio import calls
 from services.studio.project import BadInput, Project
 
@@ -119,8 +120,11 @@ class EpisodeWork:
             raise BadInput("data: expected an object, e.g. {x, y, label}")
 
         def num(k, hi):
-            v = data.get(k)
-            if not isinstance(v, int | float) or isinstance(v, bool) or v != v:
+            try:  # the one rule of the mesh (protocol/schema.py): a bool is never a number
+                v = check_value(float, data.get(k), f"data.{k}")
+            except BadRequest as e:
+                raise BadInput(str(e)) from None
+            if v != v:
                 raise BadInput(f"data.{k}: expected a number, got {v!r}")
             if not 0 <= v <= hi:
                 raise BadInput(f"data.{k}: {v} is outside the image (0..{hi} px)")

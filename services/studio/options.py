@@ -4,17 +4,20 @@ Usage:
     opts = StudioOptions.from_options({"http": "127.0.0.1:8555", "buffer": "data/demo/demo.zarr",
                                        "pipeline": "configs/pipelines/rgbm_demo.yaml",
                                        "output": "out/studio"})
-Unknown keys are errors naming the valid ones. Relative paths resolve against the working
+Keys and types are checked by protocol/schema.py (the one validator: unknown keys refused
+naming the valid ones, one rule for booleans and numbers); ranges here. Relative paths resolve against the working
 directory the service starts in (the repository root under `make up`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from protocol.options import parse_options
+from protocol.schema import keys
 
 
 @dataclass(frozen=True)
@@ -34,22 +37,17 @@ class StudioOptions:
 
     @classmethod
     def from_options(cls, options: dict) -> StudioOptions:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(names))
-        if unknown:
-            raise ValueError(f"option {unknown[0]!r}: unknown; studio options are {names}")
         missing = [n for n in ("buffer", "pipeline", "output") if options.get(n) in (None, "")]
-        if missing:
+        if missing and not set(options) - set(keys(cls)):  # a typo is named before "missing"
             raise ValueError(f"option {missing[0]!r}: required (e.g. --option {missing[0]}=PATH)")
-        o = cls(**options)
+        o = parse_options(cls, options, where="studio options")  # keys, types: protocol.schema
         o.http_addr()  # validate now
         for k in ("hold_s", "sam_timeout_s"):
-            if not isinstance(getattr(o, k), int | float) or getattr(o, k) <= 0:
+            if getattr(o, k) <= 0:
                 raise ValueError(f"option {k!r}: must be a number of seconds > 0")
         for k in ("max_body_bytes", "frame_cache_mb", "jpeg_quality"):
-            v = getattr(o, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"option {k!r}: must be an integer >= 1, got {v!r}")
+            if getattr(o, k) < 1:
+                raise ValueError(f"option {k!r}: must be an integer >= 1, got {getattr(o, k)!r}")
         return o
 
     def http_addr(self) -> tuple[str, int]:

@@ -42,9 +42,10 @@ def test_options_defaults_and_codec() -> None:
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
-        ({"dilate": 3}, "options.dilate: unknown option; valid options: compressor"),
+        ({"dilate": 3}, "options.dilate: unknown field; valid fields are ['approved_only', 'arm_"),
         ({"dilation_radius": -1}, "options.dilation_radius: -1 is out of range"),
-        ({"dilation_radius": True}, "options.dilation_radius: expected int"),
+        ({"dilation_radius": True}, "options.dilation_radius: expected int, got bool True"),
+        ({"fsync": "no"}, "options.fsync: expected bool, got str 'no'; write true or false"),
         ({"compressor": "jpeg"}, "options.compressor: 'jpeg'"),
         ({"compressor": "blosc", "clevel": 12}, "options.clevel: 12; blosc takes 0..9"),
         ({"shuffle": "maybe"}, "options.shuffle"),

@@ -72,7 +72,10 @@ def test_errors_name_the_field(raw, where):
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(PipelineConfigError, match=r"valid keys are \[.*'prefetch_episodes'"):
+    with pytest.raises(
+        PipelineConfigError,
+        match=r"run.prefetch: unknown field; valid fields are \[.*'prefetch_episodes'",
+    ):
         parse_pipeline({"pipeline": "rgbm", "run": {"prefetch": 3}})
 
 

@@ -210,7 +210,8 @@ def test_build_service_rejects_unknown_options_and_backends():
     from services.reader.service import build_service
 
     with pytest.raises(
-        ValueError, match=r"unknown reader option\(s\) \['chunk'\].*max_chunk_bytes"
+        ValueError,
+        match=r"reader options.chunk: unknown field; valid fields are \[.*max_chunk_bytes",
     ):
         build_service("zarr", {"chunk": 1})
     with pytest.raises(ValueError, match="backend 'hdf5': unknown"):

@@ -199,9 +199,11 @@ def test_roots_restrict_what_can_be_opened(tmp_path, dp):
     [
         (
             {"max_chunk": 10},
-            r"unknown reader option\(s\) \['max_chunk'\]; valid options: .*max_chunk_bytes",
+            r"reader options.max_chunk: unknown field; valid fields are \[.*'max_chunk_bytes'",
         ),
         ({"threads": 0}, "threads=0: must be a positive integer"),
+        ({"threads": "2"}, r"reader options.threads: expected int, got str '2'; write a whole"),
+        ({"roots": 3}, r"reader options.roots: expected a list, got int 3"),
         (
             {"max_chunk_bytes": 8 << 20, "cache_bytes": 1 << 20},
             "cache_bytes=1048576 must be >= 2 x",

@@ -253,7 +253,7 @@ def test_segment_image_boxes_and_points(scene, backend):
 
 
 def test_options_are_checked():
-    with pytest.raises(ValueError, match="valid: .*flow_scale"):
+    with pytest.raises(ValueError, match="flow_scal: unknown field; valid fields are .*flow_scale"):
         create_backend("classical", {"flow_scal": 0.5})
     with pytest.raises(ValueError, match="cpu"):
         create_backend("classical", {"device": "cuda"})

@@ -98,16 +98,29 @@ EP = "episodes.0"
         ("coords", _DELETE, r"coords: required"),
         ("coords", "px", r"coords: 'px' is not one of \['abs', 'rel'\]"),
         ("version", 2, r"version: only version 1"),
-        ("extra", 1, r"file.extra: unknown key"),
+        ("extra", 1, r"file.extra: unknown field; valid fields are"),
         ("episodes", {}, r"episodes: must be a non-empty mapping"),
-        ("episodes.0.notes", "x", rf"{EP}.notes: unknown key; valid keys are"),
+        ("episodes.0.notes", "x", rf"{EP}.notes: unknown field; valid fields are"),
         ("episodes.0.target.box", [220, 120, 100, 260], rf"{EP}.target.box: .*x0 < x1"),
         ("episodes.0.target.box", [100, 120, 220], rf"{EP}.target.box: must be \[x0, y0, x1, y1\]"),
         ("episodes.0.target.box", [-1, 120, 220, 260], rf"{EP}.target.box\[0\]: -1 is outside"),
         ("episodes.0.target.frame", -1, rf"{EP}.target.frame: must be a non-negative integer"),
-        ("episodes.0.target.frame", 1.5, rf"{EP}.target.frame: must be a non-negative integer"),
-        ("episodes.0.target.frame", True, rf"{EP}.target.frame: must be a non-negative integer"),
-        ("episodes.0.target.description", 3, rf"{EP}.target.description: must be a string"),
+        (
+            "episodes.0.target.frame",
+            1.5,
+            rf"{EP}.target.frame: expected int, got float 1.5; write a whole",
+        ),
+        (
+            "episodes.0.target.frame",
+            True,
+            rf"{EP}.target.frame: expected int, got bool True; write a whole",
+        ),
+        (
+            "episodes.0.approved",
+            "no",
+            rf"{EP}.approved: expected bool, got str 'no'; write true or false",
+        ),
+        ("episodes.0.target.description", 3, rf"{EP}.target.description: expected str, got int 3"),
         (
             "episodes.0.objects.arm_right.obj_id",
             1,
@@ -116,7 +129,7 @@ EP = "episodes.0"
         (
             "episodes.0.objects.elbow",
             {"obj_id": 9, "prompts": [{"frame": 0, "box": [1, 1, 2, 2]}]},
-            rf"{EP}.objects.elbow: unknown key",
+            rf"{EP}.objects.elbow: unknown field; valid fields are",
         ),
         (
             "episodes.0.objects.arm_left.prompts.0.labels",
@@ -163,14 +176,18 @@ EP = "episodes.0"
         (
             "episodes.0.plan.check_grasp_success",
             "yes",
-            rf"{EP}.plan.check_grasp_success: must be true or false",
+            rf"{EP}.plan.check_grasp_success: expected bool, got .*; write true or false",
         ),
         (
             "episodes.0.plan.decompose_user_prompt",
             "cup",
             rf"{EP}.plan.decompose_user_prompt: must be a list",
         ),
-        ("episodes.0.plan.plan_route", True, rf"{EP}.plan.plan_route: unknown key"),
+        (
+            "episodes.0.plan.plan_route",
+            True,
+            rf"{EP}.plan.plan_route: unknown field; valid fields are",
+        ),
     ],
 )
 def test_schema_errors_name_episode_and_field(path, value, match):
@@ -257,7 +274,7 @@ def test_buffer_entry_and_fingerprints():
     with pytest.raises(PromptsFileError, match="buffer.fingerprint: must be 64"):
         parse_prompts(doc)
     doc["buffer"] = {"fingerprint": fp, "camera_key": "x", "extra": 1}
-    with pytest.raises(PromptsFileError, match="buffer.extra: unknown key"):
+    with pytest.raises(PromptsFileError, match="buffer.extra: unknown field; valid fields are"):
         parse_prompts(doc)
     # per-episode fingerprint: changes with the prompts, not with bookkeeping or key order
     entry = _good()["episodes"][3]
