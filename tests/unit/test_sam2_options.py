@@ -20,7 +20,9 @@ def test_registry_builds_sam2_lazily_and_rejects_unknown_options() -> None:
     b = create_backend("sam2", {"checkpoint": "/m/sam2.1_hiera_large.pt", "device": "cpu"})
     assert isinstance(b, Sam2Backend) and b.model is None  # nothing loaded before setup()
     assert b.prompt_kinds == {"points", "box", "mask"}
-    with pytest.raises(ValueError, match="backend sam2 options.image_size: unknown field; valid fields are"):
+    with pytest.raises(
+        ValueError, match="backend sam2 options.image_size: unknown field; valid fields are"
+    ):
         create_backend("sam2", {"image_size": 512})
 
 

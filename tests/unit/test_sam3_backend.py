@@ -30,7 +30,9 @@ def _has_cuda() -> bool:
 def test_registry_builds_sam3_without_torch_and_rejects_unknown_options() -> None:
     b = create_backend("sam3", {"checkpoint": "/x/sam3.pt", "text_instances": "separate"})
     assert isinstance(b, Sam3Backend) and b.prompt_kinds == {"text", "box", "points"}
-    with pytest.raises(ValueError, match="backend sam3 options.gpus: unknown field; valid fields are"):
+    with pytest.raises(
+        ValueError, match="backend sam3 options.gpus: unknown field; valid fields are"
+    ):
         create_backend("sam3", {"gpus": 2})
 
 

@@ -89,7 +89,9 @@ def test_prompts_file_answers():
         _file({"held": True})
     with pytest.raises(PromptsFileError, match="held: false names no object"):
         _file({"held": False, "label": "mug"})
-    with pytest.raises(PromptsFileError, match="held: expected bool, got str .no.; write true or false"):
+    with pytest.raises(
+        PromptsFileError, match="held: expected bool, got str .no.; write true or false"
+    ):
         _file({"held": "no"})
 
 
