@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from services.sam.backends.classical import ClassicalBackend
 from services.sam.backends.classical_clicks import grabcut_scaled, refine_with_clicks
-from services.sam.backends.classical_ops import Flow, features
+from services.sam.backends.classical_ops import Flow, features, flow_roi
 from services.sam.backends.classical_track import (
     DEFAULTS,
     ObjectTracker,
@@ -99,3 +100,28 @@ def test_backend_options_are_checked():
     with pytest.raises(ValueError, match="track: unknown"):
         ClassicalBackend(track={"sigmaa": 1})
     assert ClassicalBackend(track={"sigma": 3}).track["sigma"] == 3
+    with pytest.raises(ValueError, match="flow_margin"):
+        ClassicalBackend(flow_margin=-1)
+
+
+def test_flow_on_a_region_matches_the_whole_frame_there():
+    img0, m0 = scene(h=160, w=240, x0=100, y0=60)
+    img1, _ = scene(h=160, w=240, x0=106, y0=60)  # moved 6 px right
+    g0, g1 = (i.mean(-1).astype(np.uint8) for i in (img0, img1))
+    roi = flow_roi([m0], 0.5)
+    assert roi == (68, 28, 172, 132)  # the box grown by max(32, 0.5 * 40) px
+    mx, my = Flow(1.0).maps(g1, g0, roi)
+    x0, y0, x1, y1 = roi
+    gx = np.arange(240, dtype=np.float32)[None].repeat(160, 0)
+    assert np.array_equal(mx[:, :x0], gx[:, :x0]) and np.array_equal(mx[:, x1:], gx[:, x1:])
+    dx = mx[m0.nonzero()] - gx[m0.nonzero()]  # inside the object: it came from 6 px left
+    assert abs(float(np.median(dx)) + 6) < 1.0
+    assert flow_roi([m0], None) is None and flow_roi([np.zeros_like(m0)], 0.5) is None
+
+
+def test_features_table_matches_the_float_formula():
+    img = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2Lab).astype(np.float32)
+    lab[..., 0] *= 0.3
+    lab[..., 1:] = (lab[..., 1:] - 128.0) * 1.5 + 128.0
+    assert np.array_equal(features(img, 0.3, 1.5), np.clip(lab, 0, 255).astype(np.uint8))

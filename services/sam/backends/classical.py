@@ -39,6 +39,7 @@ from services.sam.backends.classical_ops import (
     Flow,
     Tracked,
     features,
+    flow_roi,
     gray,
     quantise,
     resolve_overlaps,
@@ -83,6 +84,7 @@ class ClassicalBackend(SamBackend):
         device: str = "cpu",  # only "cpu"
         flow_scale: float = 0.75,  # optical flow computed at this fraction of the resolution
         flow_preset: str = "medium",  # DIS preset: ultrafast | fast | medium
+        flow_margin: float | None = 0.5,  # flow on the objects' box grown by this x its size
         band: int = 6,  # pixels inside the warped boundary that are re-decided each frame
         grow: int = 3,  # pixels outside it that may join the object each frame
         sigma: float = 2.5,  # px; how strongly the warped boundary outweighs colour
@@ -104,6 +106,8 @@ class ClassicalBackend(SamBackend):
             raise ValueError(
                 "band >= 1, sigma > 0, grabcut_iters >= 1 and 0 <= colour_rate <= 1 are required"
             )
+        if flow_margin is not None and flow_margin < 0:
+            raise ValueError(f"flow_margin: must be >= 0 or None (whole frame), got {flow_margin}")
         if tracker not in ("local", "flow_colour"):
             raise ValueError(f"tracker: {tracker!r} is not one of ['flow_colour', 'local']")
         unknown = sorted(set(track or {}) - set(TRACK_DEFAULTS))
@@ -114,6 +118,7 @@ class ClassicalBackend(SamBackend):
         self.device = device
         self.flow_scale = flow_scale
         self.flow_preset = flow_preset
+        self.flow_margin = flow_margin
         self.band = band
         self.grow = grow
         self.non_overlap = non_overlap
@@ -288,9 +293,9 @@ class ClassicalBackend(SamBackend):
             img = st.frames[t]  # (H, W, 3) uint8
             g = gray(img)
             q = None
-            maps = None
             feat = lum = None
             tracks: dict[int, Tracked] = {}
+            todo = []  # objects tracked from the previous frame here
             for oid, o in st.objects.items():
                 if own[oid][t] < 0 or oid in skip:
                     cur.pop(oid, None)
@@ -313,14 +318,18 @@ class ClassicalBackend(SamBackend):
                         models[oid] = (
                             ColourModel.learn(q_prev, cur[oid]) if cur[oid].any() else None
                         )
-                if prev_gray is None:
-                    prev_gray = gray(st.frames[t - step])
-                if maps is None:
-                    maps = flow.maps(g, prev_gray)  # once per frame pair, for all objects
                 m = trackers.get(oid) if local else models[oid]
                 if m is None or not cur[oid].any():
                     tracks[oid] = Tracked(np.zeros_like(cur[oid]))
                     continue
+                todo.append((oid, m))
+            if todo:
+                if prev_gray is None:
+                    prev_gray = gray(st.frames[t - step])
+                # once per frame pair, for all objects, on the region around them
+                roi = flow_roi([cur[oid] for oid, _ in todo], self.flow_margin)
+                maps = flow.maps(g, prev_gray, roi)
+            for oid, m in todo:
                 if local:
                     if feat is None:
                         feat = self._feat(img)

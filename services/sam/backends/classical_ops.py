@@ -37,10 +37,21 @@ def gray(img: np.ndarray) -> np.ndarray:
 def features(img: np.ndarray, l_weight: float = L_WEIGHT, ab_gain: float = AB_GAIN) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W, 3) uint8 Lab with lightness down-weighted and chroma
     amplified: shading and cast shadows move pixels less than a change of material does."""
-    lab = cv2.cvtColor(img, cv2.COLOR_RGB2Lab).astype(np.float32)
-    lab[..., 0] *= l_weight
-    lab[..., 1:] = (lab[..., 1:] - 128.0) * ab_gain + 128.0
-    return np.clip(lab, 0, 255).astype(np.uint8)
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2Lab)
+    return cv2.LUT(lab, _feature_lut(float(l_weight), float(ab_gain)))
+
+
+_LUTS: dict[tuple[float, float], np.ndarray] = {}
+
+
+def _feature_lut(l_weight: float, ab_gain: float) -> np.ndarray:
+    """(1, 256, 3) uint8: the per-channel map of features() (a table: no float image)."""
+    key = (l_weight, ab_gain)
+    if key not in _LUTS:
+        v = np.arange(256, dtype=np.float32)
+        chans = [v * l_weight, (v - 128.0) * ab_gain + 128.0, (v - 128.0) * ab_gain + 128.0]
+        _LUTS[key] = np.clip(np.stack(chans, -1), 0, 255).astype(np.uint8)[None]
+    return _LUTS[key]
 
 
 def disk(r: int) -> np.ndarray:
@@ -73,6 +84,20 @@ def largest_components(mask: np.ndarray, keep: np.ndarray | None = None) -> np.n
     return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
+def flow_roi(masks: list[np.ndarray], margin: float | None) -> tuple[int, int, int, int] | None:
+    """The region the flow of a frame pair is computed on: the masks' joint box grown by
+    max(32, margin * its larger side) px (objects move; the flow needs context), or None (the
+    whole frame) when margin is None or no mask has pixels."""
+    boxes = [b for b in (bbox(m) for m in masks) if b is not None]
+    if margin is None or not boxes:
+        return None
+    h, w = masks[0].shape
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    pad = int(max(32, margin * max(x1 - x0, y1 - y0)))
+    return pad_box((x0, y0, x1, y1), pad, h, w)
+
+
 class Flow:
     """Dense optical flow (OpenCV DIS) at a reduced scale, as remap maps at full scale."""
 
@@ -81,24 +106,34 @@ class Flow:
         self.dis = cv2.DISOpticalFlow_create(preset)
         self._grid: tuple[np.ndarray, np.ndarray] | None = None
 
-    def maps(self, dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def maps(
+        self, dst: np.ndarray, src: np.ndarray, roi: tuple[int, int, int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """For each pixel of gray frame `dst` its position in gray frame `src`: ((H, W), (H, W))
-        float32, ready for cv2.remap(mask_src, mx, my) -> mask on dst."""
+        float32, ready for cv2.remap(mask_src, mx, my) -> mask on dst. With `roi` (x0, y0, x1,
+        y1) the flow is computed on that crop only (zero flow outside it): the cost follows
+        the objects' size, not the frame's."""
         h, w = dst.shape
+        x0, y0, x1, y1 = roi if roi is not None else (0, 0, w, h)
+        a, b = dst[y0:y1, x0:x1], src[y0:y1, x0:x1]
+        ch, cw = a.shape
         if self.scale != 1.0:
-            size = (max(8, int(w * self.scale)), max(8, int(h * self.scale)))
-            a = cv2.resize(dst, size, interpolation=cv2.INTER_AREA)
-            b = cv2.resize(src, size, interpolation=cv2.INTER_AREA)
+            size = (max(8, int(cw * self.scale)), max(8, int(ch * self.scale)))
+            a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+            b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
             f = self.dis.calc(a, b, None)
-            f = cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
-            f[..., 0] *= w / size[0]
-            f[..., 1] *= h / size[1]
+            f = cv2.resize(f, (cw, ch), interpolation=cv2.INTER_LINEAR)
+            f[..., 0] *= cw / size[0]
+            f[..., 1] *= ch / size[1]
         else:
-            f = self.dis.calc(dst, src, None)
+            f = self.dis.calc(np.ascontiguousarray(a), np.ascontiguousarray(b), None)
         if self._grid is None or self._grid[0].shape != (h, w):
             gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
             self._grid = gx, gy
-        return self._grid[0] + f[..., 0], self._grid[1] + f[..., 1]
+        mx, my = self._grid[0].copy(), self._grid[1].copy()
+        mx[y0:y1, x0:x1] += f[..., 0]
+        my[y0:y1, x0:x1] += f[..., 1]
+        return mx, my
 
 
 @dataclass
