@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from protocol.client import Client
 from protocol.errors import RemoteError, ServiceUnavailable
+from services.sam.api import CONTRACT as SAM
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class SessionCloser:
         client.retries = 0  # one long wait; resending would only queue another copy
         timeout = self.deadline_s or client.timeout
         try:
-            client.call("close_session", {"session": sid}, timeout=timeout)
+            client.call("close_session", SAM.request("close_session", session=sid),
+                        timeout=timeout)  # fmt: skip
             self.sessions.pop(sid, None)
         except (RemoteError, ServiceUnavailable) as e:
             log.warning("sam %s: could not close session %s: %s", endpoint, sid, e)

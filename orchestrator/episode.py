@@ -33,6 +33,8 @@ from orchestrator.plan import EpisodePlan, Stage
 from orchestrator.stream import EpisodeStream
 from protocol.client import Client
 from protocol.errors import RemoteError, ServiceUnavailable
+from services.exporter.api import CONTRACT as EXPORTER
+from services.sam.api import CONTRACT as SAM
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,8 @@ class SamRunner:
         times = {"wait_frames": 0.0, "upload": 0.0, "prompt": 0.0, "propagate": 0.0, "masks": 0.0}
         stats = stream.stats
         t = _now()
-        body = {"height": plan.height, "width": plan.width, "n_frames": plan.n_frames,
-                "session": sid}  # fmt: skip
+        body = SAM.request("start_session", height=plan.height, width=plan.width,
+                           n_frames=plan.n_frames, session=sid)  # fmt: skip
         self.sessions[sid] = self.endpoint  # registered first: a lost reply still gets closed
         quiet = False  # the replica stopped answering: do not wait long to close
         try:
@@ -107,11 +109,11 @@ class SamRunner:
                 t = _now()
                 for op in stage.prompts:
                     box = stream.boxes.get(op) if op.vlm is not None else None
-                    self.client.call("add_prompt", op.body(sid, box))
+                    self.client.call("add_prompt", op.body(sid, box))  # built by SAM.request
                 times["prompt"] += _now() - t
                 t = _now()
                 self._check_stop()
-                body = {"session": sid, "direction": plan.direction}  # one blocking call,
+                body = SAM.request("propagate", session=sid, direction=plan.direction)  # one call,
                 self.client.call("propagate", body, timeout=self.run_cfg.propagate_timeout_s)
                 times["propagate"] += _now() - t
                 meta_stages.append(self._stage_meta(stage, stream))
@@ -157,8 +159,8 @@ class SamRunner:
                 times["wait_frames"] += _now() - w
                 break
             times["wait_frames"] += _now() - w
-            inflight.append(self.client.submit("put_frames", {"session": sid, "start": start,
-                                                              "frames": frames}))  # fmt: skip
+            body = SAM.request("put_frames", session=sid, start=start, frames=frames)
+            inflight.append(self.client.submit("put_frames", body))
             while len(inflight) >= self.run_cfg.max_inflight_puts:
                 inflight.popleft().result()
         while inflight:
@@ -170,7 +172,8 @@ class SamRunner:
         chunks: list[tuple[int, np.ndarray]] = []
         start, width = 0, plan.width
         while start < plan.n_frames:
-            body = {"session": sid, "start": start, "stop": plan.n_frames, "obj_ids": plan.obj_ids}
+            body = SAM.request("masks", session=sid, start=start, stop=plan.n_frames,
+                               obj_ids=plan.obj_ids)  # fmt: skip
             out = call(self.client, "masks", body, stop=self.stop, stats=stats)
             if list(out["obj_ids"]) != plan.obj_ids or int(out["start"]) != start:
                 raise ValueError(
@@ -228,8 +231,9 @@ class ExportRunner:
         inflight: deque = deque()
         try:
             for start, bits in job.chunks:
-                body = {"export": self.export_id, "episode": ep, "start": start,
-                        "obj_ids": job.obj_ids, "masks": bits, "width": job.width}  # fmt: skip
+                body = EXPORTER.request("put_masks", export=self.export_id, episode=ep,
+                                        start=start, obj_ids=job.obj_ids, masks=bits,
+                                        width=job.width)  # fmt: skip
                 inflight.append((self.client.submit("put_masks", body), bits.shape[1]))
                 while len(inflight) >= self.max_inflight:
                     fut, n = inflight.popleft()
@@ -252,8 +256,9 @@ class ExportRunner:
     def _finish(self, job: ExportJob) -> dict:
         """finish_episode, retried: a repeat waits for the finish in progress and returns its
         outputs; on a done episode it answers the outputs from the done marker."""
-        body = {"export": self.export_id, "episode": job.plan.episode, "roles": job.plan.roles,
-                "meta": job.meta}  # fmt: skip
+        body = EXPORTER.request("finish_episode", export=self.export_id,
+                                episode=job.plan.episode, roles=job.plan.roles,
+                                meta=job.meta)  # fmt: skip
         out = call(self.client, "finish_episode", body, stats=job.stats)
         return dict(out.get("outputs") or {})
 
@@ -262,8 +267,8 @@ class ExportRunner:
         lost or late finish_episode reply, an "already exported" answer), else None."""
         ep = job.plan.episode
         try:  # bounded: a dead exporter already cost the export's own timeouts
-            out = self.client.call("status", {"output": self.open_body["output"]},
-                                   timeout=STATUS_TIMEOUT_S)  # fmt: skip
+            body = EXPORTER.request("status", output=self.open_body["output"])
+            out = self.client.call("status", body, timeout=STATUS_TIMEOUT_S)
             if ep not in {int(e) for e in out.get("done", [])}:
                 return None
         except (RemoteError, ServiceUnavailable) as e:
@@ -280,7 +285,7 @@ class ExportRunner:
     def _discard(self, episode: int) -> None:
         """Free the masks the exporter holds for a failed attempt (best effort)."""
         try:
-            body = {"export": self.export_id, "episode": episode}
+            body = EXPORTER.request("discard_episode", export=self.export_id, episode=episode)
             self.client.call("discard_episode", body, timeout=CLOSE_TIMEOUT_S)
         except (RemoteError, ServiceUnavailable) as e:
             log.warning("exporter: discard_episode %d failed: %s", episode, e)
@@ -289,7 +294,8 @@ class ExportRunner:
         if self.export_id is None:
             return
         try:  # the exporter may wait for a finish in progress before it answers
-            self.client.call("close_export", {"export": self.export_id}, timeout=CLOSE_TIMEOUT_S)
+            body = EXPORTER.request("close_export", export=self.export_id)
+            self.client.call("close_export", body, timeout=CLOSE_TIMEOUT_S)
         except (RemoteError, ServiceUnavailable) as e:
             log.warning("exporter: close_export failed: %s", e)
         self.export_id = None

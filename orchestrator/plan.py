@@ -21,6 +21,7 @@ from typing import Any
 from orchestrator.config import DEFAULT_OBJ_IDS, PipelineConfig
 from protocol.prompts_file import EpisodePrompts, Prompt, PromptsFile, parse_prompts
 from protocol.vocab import ARM_ROLES, GRIPPER_ROLES
+from services.sam.api import CONTRACT as SAM
 
 MAX_ERRORS_SHOWN = 20
 
@@ -99,7 +100,8 @@ class PromptOp:
     held: bool = False  # vlm: first ask which object the gripper holds, then box that
 
     def body(self, session: str, box: list[float] | None = None) -> dict:
-        """The add_prompt request body (`box` = the VLM's answer for a vlm prompt)."""
+        """The add_prompt request body (`box` = the VLM's answer for a vlm prompt), built and
+        checked by the sam contract (services/sam/api.py)."""
         b: dict[str, Any] = {"session": session, "frame": self.frame, "obj_id": self.obj_id}
         if self.points is not None:
             b["points"] = [list(p) for p in self.points]
@@ -111,7 +113,7 @@ class PromptOp:
             b["text"] = self.text
         if self.rel and box is None:
             b["rel"] = True
-        return b
+        return SAM.request("add_prompt", **b)
 
     def describe(self, origin: bool = False) -> str:
         what = "held object" if self.held else "instruction"

@@ -28,6 +28,7 @@ from orchestrator.calls import RetryPolicy, call
 from orchestrator.config import GraspConfig, PipelineConfig
 from protocol.client import Client
 from protocol.errors import RemoteError, ServiceUnavailable
+from services.reader.api import CONTRACT as READER
 
 # Defaults per low-dim key: DexGraspVLA's 13-d right_state (7 arm joints, then the hand's 6
 # joint values; the demo's dim 7 is the gripper opening in metres) and UMI's gripper width.
@@ -260,7 +261,7 @@ def resolve_frames(cfg: PipelineConfig, ds: Any, episodes: list[int], prompts: A
                 key, dim, closing = gkey
                 if reader is None:
                     raise FrameError("prompt.frame: grasp needs the reader service")
-                body = {"dataset": ds.dataset, "episode": ep, "keys": [key]}
+                body = READER.request("arrays", dataset=ds.dataset, episode=ep, keys=[key])
                 try:
                     reply = call(reader, "arrays", body)
                 except (RemoteError, ServiceUnavailable) as e:

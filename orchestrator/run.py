@@ -57,6 +57,9 @@ from protocol.config import (
 )
 from protocol.errors import RemoteError, ServiceUnavailable
 from protocol.prompts_file import PromptsFile, PromptsFileError, load_prompts_file
+from services.exporter.api import CONTRACT as EXPORTER
+from services.reader.api import CONTRACT as READER
+from services.sam.api import CONTRACT as SAM
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,8 @@ def prepare(pipeline_cfg: Any, input: str, services_cfg: Any, episodes: Any = No
     reader = svcs.services["reader"].client(timeout=SETUP_TIMEOUT_S)
     try:
         path = str(Path(input).resolve())
-        reply = _setup_call(reader, "open", {"path": path}, f"reader: open {input}")
+        reply = _setup_call(reader, "open", READER.request("open", path=path),
+                            f"reader: open {input}")  # fmt: skip
         try:
             ds = DatasetInfo.from_open(reply, path=path, camera_key=cfg.camera_key)
             eps = parse_episode_spec(episodes, ds.n_episodes)
@@ -292,7 +296,8 @@ def close_stale_sessions(svcs: ServicesConfig, endpoints: list[str], prefix: str
     for ep in endpoints:
         c = replica_client(sc, ep, timeout=SETUP_TIMEOUT_S, retries=0)
         try:
-            closed += list(c.call("close_sessions", {"prefix": prefix}).get("closed", []))
+            body = SAM.request("close_sessions", prefix=prefix)
+            closed += list(c.call("close_sessions", body).get("closed", []))
         except (RemoteError, ServiceUnavailable) as e:
             log.warning("sam %s: close_sessions(%s) failed (%s); sessions of an earlier run of "
                         "this output stay until they expire", ep, prefix, e)  # fmt: skip
@@ -309,12 +314,15 @@ def _run(pr: Prepared, input: str, output: str, out_dir: str, run_id: str) -> di
     cfg, svcs, ds, plans, sam_live = pr.cfg, pr.svcs, pr.ds, pr.plans, pr.sam_live
     log.info("run %s: pipeline %s, %d episode(s) of %s -> %s; config %s", run_id, cfg.pipeline,
              len(plans), input, output, cfg.to_dict())  # fmt: skip
-    open_body = {"output": out_dir, "source": ds.path, "camera_key": ds.camera_key,
-                 "outputs": list(cfg.effective_outputs),
-                 "options": {**cfg.effective_export_options(), "pipeline": cfg.result_dict()}}  # fmt: skip
+    open_body = EXPORTER.request(
+        "open_export", output=out_dir, source=ds.path, camera_key=ds.camera_key,
+        outputs=list(cfg.effective_outputs),
+        options={**cfg.effective_export_options(), "pipeline": cfg.result_dict()},
+    )  # fmt: skip
     exporter = svcs.services["exporter"].client(timeout=SETUP_TIMEOUT_S)
     try:  # finished episodes: the exporter's `status` (open_export resumes the same folder)
-        st = _setup_call(exporter, "status", {"output": out_dir}, f"exporter: status {output}")
+        st = _setup_call(exporter, "status", EXPORTER.request("status", output=out_dir),
+                         f"exporter: status {output}")  # fmt: skip
         opened = _setup_call(exporter, "open_export", open_body, f"exporter: open_export {output}")
     finally:
         exporter.close()
@@ -364,7 +372,7 @@ def _reopen(svcs: ServicesConfig, export_id: str, plans: list[EpisodePlan], reco
     exporter = svcs.services["exporter"].client(timeout=SETUP_TIMEOUT_S)
     try:
         for p in plans:
-            body = {"export": export_id, "episode": p.episode}
+            body = EXPORTER.request("reopen_episode", export=export_id, episode=p.episode)
             _setup_call(exporter, "reopen_episode", body, f"exporter: reopen_episode {p.episode}")
             log.warning("episode %d: %s", p.episode, rerun_note(p, records))
     finally:

@@ -29,6 +29,8 @@ from orchestrator.run import (
 from orchestrator.sources import buffer_entry_text, dataset_fingerprint
 from protocol.config import ConfigError, ServicesConfig
 from protocol.errors import RemoteError, ServiceUnavailable
+from services.exporter.api import CONTRACT as EXPORTER
+from services.reader.api import CONTRACT as READER
 
 
 def _kinds(plans: list[EpisodePlan]) -> set[str]:
@@ -105,9 +107,8 @@ def dry_run(pipeline_cfg: Any, input: str, output: str, services_cfg: Any,
         raise RunError("\n".join(problems))
     exporter = svcs.services["exporter"].client(timeout=SETUP_TIMEOUT_S)
     try:
-        st = _setup_call(
-            exporter, "status", {"output": str(Path(output).resolve())}, "exporter: status"
-        )
+        body = EXPORTER.request("status", output=str(Path(output).resolve()))
+        st = _setup_call(exporter, "status", body, "exporter: status")
     finally:
         exporter.close()
     done = {int(e) for e in st.get("done", [])}
@@ -156,7 +157,8 @@ def fingerprint(input: str, services_cfg: Any, camera_key: str | None = None) ->
     reader = svcs.services["reader"].client(timeout=SETUP_TIMEOUT_S)
     try:
         path = str(Path(input).resolve())
-        reply = _setup_call(reader, "open", {"path": path}, f"reader: open {input}")
+        reply = _setup_call(reader, "open", READER.request("open", path=path),
+                            f"reader: open {input}")  # fmt: skip
     finally:
         reader.close()
     try:
@@ -175,7 +177,7 @@ def export_progress(svcs: ServicesConfig, output: str) -> str:
     if "exporter" in svcs.services:
         c = svcs.services["exporter"].client(timeout=5.0, retries=0)
         try:
-            st = c.call("status", {"output": out})
+            st = c.call("status", EXPORTER.request("status", output=out))
         except (RemoteError, ServiceUnavailable):
             st = None
         finally:

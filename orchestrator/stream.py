@@ -27,6 +27,8 @@ import numpy as np
 from orchestrator.calls import EpisodeRefused, Interrupted, RetryPolicy, Stats, call
 from orchestrator.plan import DatasetInfo, EpisodePlan, PromptOp
 from protocol.client import Client
+from services.reader.api import CONTRACT as READER
+from services.vlm.api import CONTRACT as VLM
 
 _END = object()
 POLL_S = 0.2  # how often a waiting thread looks at the stop flag
@@ -102,8 +104,8 @@ def read_episode(
         while start is not None:
             if stream.cancelled.is_set():
                 return
-            body = {"dataset": ds.dataset, "episode": plan.episode, "key": ds.camera_key,
-                    "start": start}  # fmt: skip
+            body = READER.request("frames", dataset=ds.dataset, episode=plan.episode,
+                                  key=ds.camera_key, start=start)  # fmt: skip
             out = call(reader, "frames", body, stop=stop, stats=stream.stats)
             frames = out["frames"]  # (n, H, W, 3) uint8, read-only view of the reply
             first = int(out["start"])
@@ -138,8 +140,8 @@ def _ask_vlm(stream: EpisodeStream, vlm: Client | None, op: PromptOp, image: np.
     description = op.vlm
     if op.held:  # the object in the gripper, named by the VLM, is what gets boxed
         description = _ask_held(stream, vlm, op, image, policy, stop)
-    body = {"image": image, "description": description, "episode": stream.plan.episode,
-            "frame": op.frame}  # fmt: skip  # image (H, W, 3) uint8
+    body = VLM.request("bbox", image=image, description=description,  # image (H, W, 3) uint8
+                       episode=stream.plan.episode, frame=op.frame)  # fmt: skip
     out = call(vlm, "bbox", body, stop=stop, stats=stream.stats)
     box = [float(v) for v in out["box"]]
     if len(box) != 4:
@@ -160,9 +162,8 @@ def _ask_held(stream: EpisodeStream, vlm: Client, op: PromptOp, image: np.ndarra
               policy: RetryPolicy, stop: threading.Event) -> str:  # fmt: skip
     """Ask the VLM which object the gripper holds on the prompt's frame; its description is
     what gets boxed. Nothing held fails the episode (never a box of a guessed object)."""
-    body = {"task": HELD_TASK, "image": image, "episode": stream.plan.episode}
-    if op.vlm:
-        body["instruction"] = op.vlm  # the episode's instruction, as a hint
+    hint = {"instruction": op.vlm} if op.vlm else {}  # the episode's instruction, as a hint
+    body = VLM.request("plan", task=HELD_TASK, image=image, episode=stream.plan.episode, **hint)
     out = call(vlm, "plan", body, stop=stop, stats=stream.stats)
     res = out.get("result")
     if not isinstance(res, dict) or not isinstance(res.get("held"), bool):

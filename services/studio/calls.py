@@ -5,9 +5,10 @@ Usage:
     info = mesh.call("reader", *calls.reader_open("/data/demo.zarr"))
 
 Each helper returns (op, body): the body is built and validated by the service's contract
-(services/<name>/api.py), and the client takes each op's idempotency from that contract. Ops
-and fields a contract does not list yet (sam's `progress`, `drift`, `propagate.bounded`) are
-sent only when the running service offers them (Mesh.has_op reads its `info`).
+(services/<name>/api.py), and the client takes each op's idempotency from that contract; a
+field the contract does not list is refused before anything is sent. Ops and fields an older
+running service may lack (sam's `progress`, `drift`, `propagate.bounded`) are sent only when it
+offers them (Mesh.has_op reads its `info`).
 """
 
 from __future__ import annotations
@@ -30,14 +31,9 @@ Call = tuple[str, dict]
 
 
 def _req(contract, op: str, **body: Any) -> Call:
-    if op in contract.ops:
-        fields = getattr(contract.op(op).request, "__dataclass_fields__", {})
-        known = {k: v for k, v in body.items() if k in fields}
-        return op, {
-            **contract.request(op, **known),
-            **{k: v for k, v in body.items() if k not in fields},
-        }
-    return op, body  # an op this contract version does not list (the service says if it has it)
+    """(op, body), the body checked by the contract before anything is sent: a misspelt or
+    mistyped field is a BadRequest here, never a silently ignored or passed-through key."""
+    return op, contract.request(op, **body)
 
 
 # -- reader ----------------------------------------------------------------------------------
