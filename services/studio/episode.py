@@ -120,8 +120,9 @@ class EpisodeWork:
             raise BadInput("data: expected an object, e.g. {x, y, label}")
 
         def num(k, hi):
+            v = data.get(k)
             try:  # the one rule of the mesh (protocol/schema.py): a bool is never a number
-                v = check_value(float, data.get(k), f"data.{k}")
+                check_value(float, v, f"data.{k}")
             except BadRequest as e:
                 raise BadInput(str(e)) from None
             if v != v:
