@@ -9,7 +9,10 @@ CPU only, no weights, deterministic. Usage:
 How it works:
 - add_prompt: GrabCut initialised from the box and/or similar-colour regions around the
   clicked points (points of one frame accumulate, like SAM clicks); a points-only prompt on
-  a frame that already has a propagated mask refines that mask. A mask prompt is taken as is.
+  a frame that already has a propagated mask refines that mask near the clicks, unless a
+  positive click says the mask lost the object (none, or far from it): then the object is
+  found again around the click from its shape on the nearest keyframe (classical_clicks).
+  A mask prompt is taken as is.
   Each prompted (object, frame) becomes a keyframe with its mask and a colour model.
 - propagate: dense optical flow (DIS) between neighbouring frames, computed once per frame
   pair and shared by all objects, warps each mask; the pixels in a band around the warped
@@ -33,11 +36,12 @@ import cv2
 import numpy as np
 
 from services.sam.backends.base import PASSES, PassMasks, Prompt, SamBackend, Window
-from services.sam.backends.classical_clicks import refine_with_clicks
+from services.sam.backends.classical_clicks import is_lost, redetect, refine_with_clicks
 from services.sam.backends.classical_ops import (
     ColourModel,
     Flow,
     Tracked,
+    bbox,
     features,
     flow_roi,
     gray,
@@ -174,8 +178,17 @@ class ClassicalBackend(SamBackend):
         base = p.get("mask") if p.get("mask") is not None else p.get("prior")
         if len(pts) == 0 and p.get("box") is None:
             m = base
+        elif (
+            p.get("box") is None
+            and (ref := self._reference(obj, frame)) is not None
+            and (lab == 1).any()
+            and (base is None or is_lost(base, pts, lab, ref))
+        ):  # a positive click where the mask lost the object: find it again
+            m = redetect(features(img), ref, pts, lab, base, iters=self.grabcut_iters)
         elif p.get("box") is None and base is not None and base.any():
-            m = refine_with_clicks(features(img), base, pts, lab)  # corrections near clicks
+            rb = bbox(ref) if ref is not None else None
+            size = max(rb[2] - rb[0], rb[3] - rb[1]) if rb is not None else 0
+            m = refine_with_clicks(features(img), base, pts, lab, ref_size=size)  # near clicks
         else:
             other = [k for k in obj.models if k != frame and obj.models[k] is not None]
             near = min(other, key=lambda k: abs(k - frame)) if other else None
@@ -211,6 +224,12 @@ class ClassicalBackend(SamBackend):
                     o.models[frame] = ColourModel.learn(q, other) if other.any() else None
                 out[oid] = other
         return out
+
+    @staticmethod
+    def _reference(obj: _Object, frame: int) -> np.ndarray | None:
+        """The object's mask on its nearest other keyframe (None: no other non-empty one)."""
+        keys = [k for k, m in obj.keymasks.items() if k != frame and m.any()]
+        return obj.keymasks[min(keys, key=lambda k: (abs(k - frame), k))] if keys else None
 
     @staticmethod
     def _others(st: ClassicalState, frame: int, obj_id: int) -> np.ndarray | None:

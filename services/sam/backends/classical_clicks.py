@@ -3,6 +3,7 @@ working resolution. OpenCV only, deterministic.
 
 Usage:
     m = refine_with_clicks(img, prior, points=np.array([[x, y]]), labels=np.array([1]))
+    if is_lost(prior, points, labels, ref): m = redetect(feat, ref, points, labels, prior)
     out = grabcut_scaled(feat, gc, crop, iters=3, max_side=360)   # (H, W) bool
 
 A click corrects the mask NEAR it: pixels farther than a reach (a fraction of the object's
@@ -11,6 +12,10 @@ the reach of a click (and a thin band along the earlier boundary) are re-decided
 whose colour models learn from the whole surrounding object and background; the clicked
 pixels themselves are sure object (positive) / sure background (negative). So one click
 removes a wrong blob or adds a missed part without disturbing the rest of the mask.
+
+When the mask lost the object (no mask, or a positive click far from it: is_lost), a local
+edit cannot help: redetect() finds the object again around the click, from the object's
+shape on its nearest keyframe moved onto the click, and the wrong mask is dropped.
 """
 
 from __future__ import annotations
@@ -71,8 +76,11 @@ def refine_with_clicks(
     labels: np.ndarray,  # (N,) 0/1
     seed_radius: int = 4,
     iters: int = 3,
+    ref_size: int = 0,  # px: the object's size on its nearest keyframe (0: unknown)
 ) -> np.ndarray:
-    """Correct `prior` near the clicks (module docstring). Returns (H, W) bool."""
+    """Correct `prior` near the clicks (module docstring); a click's reach is a fraction of
+    the larger of the prior's and the keyframe object's size (a mask that missed half of
+    the object understates it). Returns (H, W) bool."""
     h, w = prior.shape
     b = bbox(prior)
     pos = [(int(x), int(y)) for (x, y), lb in zip(points, labels, strict=True) if lb == 1]
@@ -81,7 +89,7 @@ def refine_with_clicks(
              max(p[0] for p in pos) + 1, max(p[1] for p in pos) + 1) if pos else None  # fmt: skip
         if b is None:
             raise ValueError("add_prompt: only background clicks and no mask to correct")
-    size = max(b[2] - b[0], b[3] - b[1])
+    size = max(b[2] - b[0], b[3] - b[1], ref_size)
     reach = int(np.clip(REACH_FRAC * size, REACH_MIN, REACH_MAX))
     near = np.zeros((h, w), np.uint8)
     for x, y in points.astype(int):
@@ -111,3 +119,67 @@ def refine_with_clicks(
         keep[y, x] = True
     core = prior & ~near.astype(bool)
     return largest_components(out, keep | (core & out)) if out.any() else out
+
+
+LOST_FRAC = 0.5  # a positive click farther than this x the reference size from the mask: lost
+REDETECT_PAD = 0.3  # context around the moved reference shape, fraction of its size
+
+
+def deepest_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of a mask's pixel farthest from its boundary (ties: first in raster order)."""
+    d = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+    return int(x), int(y)
+
+
+def is_lost(prior: np.ndarray, points: np.ndarray, labels: np.ndarray, ref: np.ndarray) -> bool:
+    """Whether a correction's first positive click says the object is somewhere else than the
+    earlier mask: no mask, or the click is far (LOST_FRAC of the reference shape's size) from
+    it. `ref` is the object's mask on its nearest keyframe."""
+    pos = [(int(x), int(y)) for (x, y), lb in zip(points, labels, strict=True) if lb == 1]
+    b = bbox(ref)
+    if not pos or b is None:
+        return False
+    if not prior.any():
+        return True
+    gap = cv2.distanceTransform((~prior).astype(np.uint8), cv2.DIST_L2, 5)
+    x, y = pos[0]
+    bp = bbox(prior)  # the object may have grown since the keyframe: the larger of the two
+    size = max(b[2] - b[0], b[3] - b[1], bp[2] - bp[0], bp[3] - bp[1])
+    return float(gap[y, x]) > LOST_FRAC * size
+
+
+def redetect(
+    feat: np.ndarray,  # (H, W, 3) uint8 features of the frame
+    ref: np.ndarray,  # (H, W) bool: the object's mask on its nearest keyframe
+    points: np.ndarray,  # (N, 2) abs px
+    labels: np.ndarray,  # (N,) 0/1, at least one positive
+    prior: np.ndarray | None = None,  # (H, W) bool: the earlier (wrong) mask on this frame
+    seed_radius: int = 4,
+    iters: int = 4,
+) -> np.ndarray:
+    """Find an object the mask lost, from a positive click: the reference shape (the object on
+    its nearest keyframe) moved so that its deepest point lies on the click is the probable
+    object, the context around it probable background, the earlier mask too (it tracked
+    something else); GrabCut decides, the component at the positive click(s) is kept.
+    Returns (H, W) bool."""
+    h, w = ref.shape
+    pos = [(int(x), int(y)) for (x, y), lb in zip(points, labels, strict=True) if lb == 1]
+    cx, cy = deepest_point(ref)
+    shift = np.float32([[1, 0, pos[0][0] - cx], [0, 1, pos[0][1] - cy]])
+    moved = cv2.warpAffine(ref.astype(np.uint8), shift, (w, h), flags=cv2.INTER_NEAREST) > 0
+    b = bbox(moved) or (pos[0][0], pos[0][1], pos[0][0] + 1, pos[0][1] + 1)
+    size = max(b[2] - b[0], b[3] - b[1])
+    region = pad_box(b, max(REACH_MIN, int(REDETECT_PAD * size)), h, w)
+    gc = np.full((h, w), cv2.GC_BGD, np.uint8)
+    gc[region[1] : region[3], region[0] : region[2]] = cv2.GC_PR_BGD
+    gc[moved] = cv2.GC_PR_FGD
+    if prior is not None:
+        gc[prior & (gc == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
+    for (x, y), lb in zip(points.astype(int), labels, strict=True):
+        cv2.circle(gc, (int(x), int(y)), seed_radius, cv2.GC_FGD if lb == 1 else cv2.GC_BGD, -1)
+    out = grabcut_scaled(feat, gc, region, iters)
+    keep = np.zeros((h, w), bool)
+    for x, y in pos:
+        keep[y, x] = True
+    return largest_components(out, keep) if out.any() else out

@@ -1,0 +1,97 @@
+"""Click corrections of the classical backend where the mask lost the object
+(classical_clicks.is_lost / redetect, and add_prompt's choice between them and the local
+refinement) on small synthetic images with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.sam.backends.base import Prompt, Window
+from services.sam.backends.classical import ClassicalBackend
+from services.sam.backends.classical_clicks import deepest_point, is_lost, redetect
+from services.sam.backends.classical_ops import features
+
+
+def scene(h=120, w=160, x0=20, y0=40, size=36):
+    """Textured green background, a red square object at (x0, y0)."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 1] = 120 + rng.integers(0, 30, (h, w))
+    img[..., 0] = 30 + rng.integers(0, 20, (h, w))
+    m = np.zeros((h, w), bool)
+    m[y0 : y0 + size, x0 : x0 + size] = True
+    img[m] = (200, 40, 40)
+    return img, m
+
+
+def iou(a, b):
+    return np.count_nonzero(a & b) / max(1, np.count_nonzero(a | b))
+
+
+def test_deepest_point_is_the_centre_of_a_square():
+    _, m = scene(x0=20, y0=40, size=36)
+    x, y = deepest_point(m)
+    assert abs(x - 37.5) <= 1.5 and abs(y - 57.5) <= 1.5
+
+
+def test_is_lost_by_the_distance_of_the_positive_click():
+    _, ref = scene(x0=20)
+    pos = np.array([[120, 58]], np.float32)
+    assert is_lost(np.zeros_like(ref), pos, np.array([1]), ref)  # no mask at all
+    assert is_lost(ref, pos, np.array([1]), ref)  # 64 px away from a 36 px object
+    assert not is_lost(ref, np.array([[60, 58]], np.float32), np.array([1]), ref)  # near it
+    assert not is_lost(ref, pos, np.array([0]), ref)  # a negative click says nothing
+    big = np.zeros_like(ref)
+    big[10:110, 10:100] = True  # the object grew: the distance is measured against that size
+    assert not is_lost(big, pos, np.array([1]), ref)
+
+
+def test_redetect_finds_the_object_where_the_click_is():
+    img, m = scene(x0=100, y0=50)  # the object now
+    _, ref = scene(x0=20, y0=40)  # where the keyframe had it
+    wrong = np.zeros_like(m)
+    wrong[10:30, 10:40] = True  # what the tracker followed instead
+    out = redetect(features(img), ref, np.array([[118, 68], [25, 20]], np.float32),
+                   np.array([1, 0]), prior=wrong)  # fmt: skip
+    assert iou(out, m) > 0.85
+    assert not (out & wrong).any()
+
+
+def test_add_prompt_click_on_a_lost_object_replaces_the_wrong_mask():
+    """Frame 0 has the object on the left; on frames 1-3 it is on the right and the
+    propagated mask followed a patch of background instead. A positive click on frame 3
+    finds the object again (the wrong mask goes); a click next to a mask that holds the
+    object refines it locally."""
+    img0, m0 = scene(x0=20, y0=40)
+    img1, m1 = scene(x0=110, y0=50)
+    frames = np.stack([img0, img1, img1, img1])
+    be = ClassicalBackend()
+    st = be.init_state(frames)
+    be.add_prompt(st, Prompt(0, 1, mask=m0))
+    n = len(frames)
+    for _ in be.propagate(st, [Window("forward", 0, n - 1, {1: np.arange(n, dtype=np.int64)})]):
+        pass
+    wrong = np.zeros_like(m0)
+    wrong[10:40, 10:50] = True  # what a tracker that lost the object might hold
+    st.objects[1].results[3] = np.packbits(wrong, axis=-1)
+    pos = np.array([[127, 67]], np.float32), np.array([1], np.int32)
+    out = be.add_prompt(st, Prompt(3, 1, points=pos[0], labels=pos[1]))[1]
+    assert iou(out, m1) > 0.85 and not (out & wrong).any()
+    part = m1.copy()
+    part[:, 128:] = False  # the right half missed: a click there is a local correction
+    st.objects[1].results[2] = np.packbits(part, axis=-1)
+    out = be.add_prompt(st, Prompt(2, 1, points=np.array([[138, 67]], np.float32),
+                                   labels=pos[1]))[1]  # fmt: skip
+    assert out[part].all() and out[60:75, 128:146].all()  # kept, and the clicked part added
+    assert iou(out, m1) > iou(part, m1) + 0.2 and not (out & ~m1).any()
+
+
+def test_background_click_alone_on_a_frame_without_mask_is_refused():
+    img0, m0 = scene(x0=20, y0=40)
+    be = ClassicalBackend()
+    st = be.init_state(np.stack([img0, img0]))
+    be.add_prompt(st, Prompt(0, 1, mask=m0))
+    with pytest.raises(ValueError, match="background labels"):
+        be.add_prompt(st, Prompt(1, 1, points=np.array([[5, 5]], np.float32),
+                                 labels=np.array([0], np.int32)))  # fmt: skip
