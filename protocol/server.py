@@ -38,6 +38,8 @@ import zmq
 
 from . import errors, security
 from .contract import BUILTIN_OPS, Contract
+from .deadline import DeadlineExceeded
+from .deadline import scope as deadline_scope
 from .errors import ServiceError
 from .schema import parse
 from .wire import PROTOCOL_VERSION, WireError, decode, encode
@@ -492,12 +494,15 @@ class Service:
             arg = parse(op.body, job.body) if op.body is not None else job.body
             if op.raw:
                 arg = job.body if job.body is not None else {}
-            result = job.op.fn(arg, job.progress) if job.op.long_running else job.op.fn(arg)
+            with deadline_scope(job.deadline):  # protocol.deadline.left() in the handler
+                result = job.op.fn(arg, job.progress) if job.op.long_running else job.op.fn(arg)
             if result is None:
                 result = {}
             return encode({"id": job.msg_id, "op": name, "ok": True, "body": result})
         except ServiceError as e:
             return _error_frames(job.msg_id, name, e.code, e.message, e.retryable)
+        except DeadlineExceeded as e:  # the handler stopped at the caller's deadline
+            return _error_frames(job.msg_id, name, errors.TIMEOUT, str(e))
         except Exception as e:
             log.exception("%s: op %s failed", self.name, name)
             return _error_frames(job.msg_id, name, errors.INTERNAL, f"{type(e).__name__}: {e}")

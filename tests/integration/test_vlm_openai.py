@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from protocol import deadline
 from services.vlm.backends import make_backend
 from services.vlm.coords import smart_resize
 from services.vlm.errors import AnswerParseError, UpstreamError, UpstreamTimeout
@@ -302,6 +303,40 @@ def test_timeout_is_retried_then_reported(double):
     with pytest.raises(UpstreamTimeout, match="timeout=0.2s") as ei:
         b.bbox(scene(), "the green cup")
     assert ei.value.code == "timeout" and len(double.chat_requests()) == 2
+
+
+def test_a_slow_server_is_given_up_at_the_callers_deadline_not_after_the_retries(double):
+    # timeout 25 s x (1 + 3 retries) + back-off would be ~100 s; the caller waits 3 s
+    b = backend(double, model="m", timeout=25, retries=3, retry_backoff=0.5)
+    double.delay = 20.0
+    t0 = time.monotonic()
+    with deadline.scope(t0 + 3.0), pytest.raises(UpstreamTimeout) as ei:
+        b.bbox(scene(), "the green cup")
+    took = time.monotonic() - t0
+    assert 2.5 < took < 3.3, took  # each attempt's timeout was capped by the time left
+    assert "caller's deadline" in str(ei.value) and ei.value.code == "timeout"
+    assert len(double.chat_requests()) == 1  # no attempt started that could not finish
+
+
+def test_no_back_off_is_slept_that_the_deadline_cannot_hold(double):
+    b = backend(double, model="m", timeout=25, retries=3, retry_backoff=5.0)
+    double.script.append({"status": 503, "body": {"error": {"message": "warming up"}}})
+    t0 = time.monotonic()
+    with deadline.scope(t0 + 3.0), pytest.raises(UpstreamTimeout) as ei:
+        b.bbox(scene(), "the green cup")
+    assert time.monotonic() - t0 < 1.0  # the 5 s back-off would outlast the 3 s deadline
+    msg = str(ei.value)
+    assert "stopped at the caller's deadline before retry 1 of 4" in msg and "HTTP 503" in msg
+    assert len(double.chat_requests()) == 1
+
+
+def test_without_a_deadline_the_options_rule_alone(double):
+    b = backend(double, model="m", timeout=0.3, retries=1)
+    double.script.extend([{"delay": 0.8}, {"delay": 0.8}])
+    assert deadline.current() is None
+    with pytest.raises(UpstreamTimeout, match="timeout=0.3s"):
+        b.bbox(scene(), "the green cup")
+    assert len(double.chat_requests()) == 2
 
 
 def test_http_errors(double):

@@ -3,6 +3,8 @@ front of ChatCompletionsDouble (the HTTP test double of a chat-completions serve
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -128,5 +130,25 @@ def test_openai_backend_through_the_service():
                 c.call("plan", {"task": "check_instruction_complete", "image": scene()})
             assert ei.value.code == "bad_request"
             assert c.call("info", {})["vlm"]["model"] == "Qwen/Qwen2.5-VL-7B-Instruct"
+    finally:
+        double.close()
+
+
+def test_openai_backend_stops_at_the_callers_deadline():
+    """A 3 s call to a vlm whose backend says timeout 25 s, retries 3 (~100 s) answers within
+    ~3 s with an error naming the deadline: the server hands the handler the call's deadline."""
+    double = ChatCompletionsDouble()
+    double.delay = 20.0
+    try:
+        opts = {"base_url": double.base_url, "model": "m", "timeout": 25, "retries": 3}
+        with start_service("vlm", backend="openai", options=opts, retries=0) as svc:
+            t0 = time.monotonic()
+            with pytest.raises(RemoteError) as ei:
+                svc.client.call("bbox", {"image": scene(), "description": "the cup"}, timeout=3.0)
+            took = time.monotonic() - t0
+            assert took < 3.5, took
+            assert ei.value.code == "timeout" and "caller's deadline" in ei.value.message
+            assert len(double.chat_requests()) == 1
+            assert svc.client.call("info", {})["vlm"]["model"] == "m"  # the worker is free again
     finally:
         double.close()

@@ -8,6 +8,8 @@ Usage:
 Several requests may be in flight at once (one httpx.Client shared by the service's worker
 threads, `concurrency` connections) so the server can batch them. Connect errors, timeouts,
 HTTP 429 and 5xx are retried `retries` times with doubling back-off; other HTTP errors are not.
+All of it stays inside the caller's deadline (protocol/deadline.py): each attempt's timeouts are
+capped by the time left, and no attempt or back-off starts that cannot end before it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from protocol import deadline
+
 from ..errors import OptionError, UpstreamError, UpstreamTimeout, excerpt
 from . import parse_options
 from .chat import ChatBackend, ChatOptions, Completion
@@ -25,6 +29,8 @@ from .chat import ChatBackend, ChatOptions, Completion
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+REPLY_RESERVE_S = 0.2  # of the caller's deadline, kept for the reply to travel back
+MIN_ATTEMPT_S = 0.05  # an HTTP attempt is not started with less of the deadline left
 INSTALL_HINT = (
     "make env SERVICE=vlm BACKEND=openai (pip install -r services/vlm/requirements-openai.txt)"
 )
@@ -143,6 +149,9 @@ class OpenAIBackend(ChatBackend):
         err: UpstreamError | None = None
         for attempt in range(self.opts.retries + 1):
             if attempt:
+                left = _budget()
+                if left is not None and delay + MIN_ATTEMPT_S > left:
+                    raise self._deadline_error(url, err, attempt, left, f"retry {attempt}")
                 log.warning(
                     "%s %s: %s; retry %d/%d in %.2fs",
                     method,
@@ -154,14 +163,24 @@ class OpenAIBackend(ChatBackend):
                 )
                 time.sleep(delay)
                 delay *= 2
+            left = _budget()
+            if left is not None and left < MIN_ATTEMPT_S:
+                raise self._deadline_error(url, err, attempt, left, f"attempt {attempt + 1}")
             try:
-                r = self._client.request(method, path, json=payload)
+                r = self._client.request(method, path, json=payload, timeout=self._timeout(left))
             except httpx.TimeoutException as e:
-                err = UpstreamTimeout(
-                    f"{url}: no answer within timeout={self.opts.timeout}s "
-                    f"(connect_timeout={self.opts.connect_timeout}s) after "
-                    f"{attempt + 1} attempt(s) ({type(e).__name__}); raise the option timeout"
-                )
+                if left is not None and left < max(self.opts.timeout, self.opts.connect_timeout):
+                    err = UpstreamTimeout(
+                        f"{url}: no answer within the caller's deadline ({left:.2f}s were left "
+                        f"of it for attempt {attempt + 1}; the backend's own timeout="
+                        f"{self.opts.timeout}s) ({type(e).__name__})"
+                    )
+                else:
+                    err = UpstreamTimeout(
+                        f"{url}: no answer within timeout={self.opts.timeout}s "
+                        f"(connect_timeout={self.opts.connect_timeout}s) after "
+                        f"{attempt + 1} attempt(s) ({type(e).__name__}); raise the option timeout"
+                    )
                 continue
             except httpx.TransportError as e:
                 err = UpstreamError(
@@ -182,6 +201,25 @@ class OpenAIBackend(ChatBackend):
                 raise err
         raise err or UpstreamError(f"{url}: no attempt was made (retries={self.opts.retries})")
 
+    def _timeout(self, left: float | None) -> Any:
+        """This attempt's httpx timeouts: the options', capped by the caller's time left."""
+        if left is None:
+            return self._httpx.Timeout(self.opts.timeout, connect=self.opts.connect_timeout)
+        return self._httpx.Timeout(
+            min(self.opts.timeout, left), connect=min(self.opts.connect_timeout, left)
+        )
+
+    def _deadline_error(
+        self, url: str, err: UpstreamError | None, attempt: int, left: float, step: str
+    ) -> UpstreamTimeout:
+        """The caller's deadline leaves no time for `step`: stop now, naming the deadline."""
+        why = f" after: {err}" if err is not None else ""
+        return UpstreamTimeout(
+            f"{url}: stopped at the caller's deadline before {step} of "
+            f"{self.opts.retries + 1} ({max(left, 0.0):.2f}s left){why}; give the call a longer "
+            f"timeout (services.yaml vlm timeout_s) or lower the backend options timeout/retries"
+        )
+
     def info(self) -> dict:
         return {**super().info(), "base_url": self.opts.base_url, "model": self.model}
 
@@ -189,6 +227,12 @@ class OpenAIBackend(ChatBackend):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _budget() -> float | None:
+    """Seconds this request may still spend on the model server (None: no caller deadline)."""
+    t = deadline.left()
+    return None if t is None else t - REPLY_RESERVE_S
 
 
 def _http_error(url: str, r: Any, key_env: str) -> UpstreamError:
