@@ -125,3 +125,28 @@ def test_features_table_matches_the_float_formula():
     lab[..., 0] *= 0.3
     lab[..., 1:] = (lab[..., 1:] - 128.0) * 1.5 + 128.0
     assert np.array_equal(features(img, 0.3, 1.5), np.clip(lab, 0, 255).astype(np.uint8))
+
+
+def test_tracker_recovers_a_part_cut_off_by_an_occluder():
+    """A grey bar crossed the object and the previous mask lost the part right of it: the
+    object-coloured part beyond the bar is added back (recover_frac), not without recovery,
+    and only on a frame where the mask shrank (recover_gate)."""
+    img, m = scene(h=160, w=240, x0=60, y0=50, size=60)
+    img[:, 98:104] = (128, 128, 128)  # the occluder, a 6 px bar across the object
+    prev = m.copy()
+    prev[:, 98:] = False  # lost from the bar on
+    g = img.mean(-1).astype(np.uint8)
+    mx, my = Flow(1.0).maps(g, g)  # a still frame: zero flow
+    feat = features(img, 0.25, 2.0)
+    lum = g.astype(np.float32) / 255
+    base = {**DEFAULTS, "recover_logit": 1.0}
+    for opts, recovered in (
+        ({"recover_frac": 0.15, "recover_gate": 1.5}, True),
+        ({"recover_frac": 0.0, "recover_gate": 1.5}, False),
+        ({"recover_frac": 0.15, "recover_gate": 0.5}, False),  # it did not shrink that much
+    ):
+        tr = ObjectTracker.start(feat, prev, {**base, **opts})
+        out = tr.step(feat, lum, prev, mx, my).mask
+        assert out[70:100, 104:107].all() == recovered, opts  # within 0.15 x 60 px
+        assert not out[60:100, 99:103].any()  # the bar is not the object
+        assert not out[:, 125:].any() and not out[:40].any()  # nothing beyond the object

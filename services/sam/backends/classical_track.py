@@ -130,6 +130,9 @@ class ObjectTracker:
         inner, bgr = _masks_for_learning(sub, ring)
         f = feat[y0:y1, x0:x1]
         g = GlobalColour.learn(qbins(f, G_BITS), inner, bgr)
+        if self.p["local_weight"] <= 0:  # local models unused: not learnt
+            self.local = None
+            return g
         ql = qbins(f, L_BITS)
         yy, xx = np.mgrid[y0:y1, x0:x1]
         nty, ntx = (h + TILE - 1) // TILE, (w + TILE - 1) // TILE
@@ -149,6 +152,10 @@ class ObjectTracker:
         a = self.p["key_weight"]
         fg = a * self.key.fg + (1 - a) * self.run.fg
         bg = a * self.key.bg + (1 - a) * self.run.bg
+        # densities per local bin (global bins are 8x finer), with or without local models
+        s = 1 << (3 * (G_BITS - L_BITS))
+        if self.local is None:  # one table lookup per pixel
+            return np.log((fg * s + EPS) / (bg * s + EPS)).astype(np.float32)[qg]
         pf, pb = fg[qg], bg[qg]
         if self.local is not None:
             lf, lb, nf, nbk, nty, ntx = self.local
@@ -159,8 +166,6 @@ class ObjectTracker:
             ok = (cf >= 30) & (cb >= 30)
             lpf = lf[ty, tx, ql] / np.maximum(cf, 1)
             lpb = lb[ty, tx, ql] / np.maximum(cb, 1)
-            # global bins are 8x finer than local ones: compare densities per local bin
-            s = 1 << (3 * (G_BITS - L_BITS))
             wl = self.p["local_weight"] * ok
             pf = (1 - wl) * pf * s + wl * lpf
             pb = (1 - wl) * pb * s + wl * lpb
@@ -180,7 +185,8 @@ class ObjectTracker:
         x0, y0, x1, y1 = pad_box(b, band + 2, h, w)
         dx = mx[y0:y1, x0:x1] - np.arange(x0, x1, dtype=np.float32)[None]
         dy = my[y0:y1, x0:x1] - np.arange(y0, y1, dtype=np.float32)[:, None]
-        reach = int(np.ceil(max(np.abs(dx).max(), np.abs(dy).max()))) + band + grow + 4
+        rec = int(p["recover_frac"] * size)
+        reach = int(np.ceil(max(np.abs(dx).max(), np.abs(dy).max()))) + band + grow + rec + 4
         x0, y0, x1, y1 = pad_box(b, reach, h, w)
         soft = cv2.remap(prev.astype(np.float32), mx[y0:y1, x0:x1], my[y0:y1, x0:x1],
                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
@@ -205,9 +211,32 @@ class ObjectTracker:
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
         out = fill_holes(out.astype(bool), p["hole_frac"])
         out = keep_touching(out, core.astype(bool))
+        if rec > 0 and out.any() and out.sum() < p["recover_gate"] * prev.sum():
+            out = self._recover(out, inband, feat_roi, (x0, y0), rec)
         full = np.zeros((h, w), bool)
         full[y0:y1, x0:x1] = out
         return Tracked(full, sd, (x0, y0, x1, y1))
+
+    def _recover(self, out, done, feat_roi, origin, dist):
+        """Add back object-coloured parts cut off from the mask (an occluder swept over it):
+        components of strongly object-coloured pixels within `dist` px of the mask, outside
+        the band already decided, each at least recover_min of the mask's area."""
+        p = self.p
+        d_out = cv2.distanceTransform((~out).astype(np.uint8), cv2.DIST_L2, 3)
+        zone = (d_out > 0) & (d_out <= dist) & ~done
+        ys, xs = np.nonzero(zone)
+        if len(ys) == 0:
+            return out
+        cl = self.colour_logit(feat_roi[ys, xs], ys + origin[1], xs + origin[0])
+        cand = np.zeros(out.shape, np.uint8)
+        cand[ys, xs] = cl >= p["recover_logit"]
+        cand = cv2.morphologyEx(cand, cv2.MORPH_OPEN, disk(1))
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+        if n <= 1:
+            return out
+        big = stats[:, cv2.CC_STAT_AREA] >= p["recover_min"] * out.sum()
+        big[0] = False
+        return out | big[lab]
 
 
 def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
@@ -250,6 +279,10 @@ DEFAULTS = {
     "local_weight": 0.0,  # share of the per-tile colour models (0: global model only)
     "gf_radius": 4,  # guided filter radius (px; 0: off)
     "gf_eps": 1e-3,
+    "recover_frac": 0.15,  # re-add object-coloured parts up to this x size away (0: off)
+    "recover_logit": 3.0,  # ... whose colour log-odds are at least this
+    "recover_min": 0.01,  # ... and whose area is at least this fraction of the mask's
+    "recover_gate": 0.98,  # ... on frames where the mask shrank below this x the previous
     "hole_frac": 0.0,  # fill enclosed holes smaller than this fraction of the area
     "l_weight": 0.25,  # tracker features: lightness weight (classical_ops.features)
     "ab_gain": 2.0,  # tracker features: chroma gain
