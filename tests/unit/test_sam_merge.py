@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 
+import cv2
 import numpy as np
 import pytest
 
@@ -261,7 +262,7 @@ def test_describe_during_a_propagation_adding_objects():
 def test_classical_through_the_session_keeps_what_the_backend_settled_on():
     """classical resolves overlaps with the other pass's objects and re-yields those it
     carved, tagged with the pass that owns them: the session must keep those updates."""
-    from tests.unit.test_sam_classical import box_of, moving_scene
+    from tests.unit.test_sam_classical import moving_scene
 
     frames, gt = moving_scene()
     n, h, w = frames.shape[:3]
@@ -280,14 +281,12 @@ def test_classical_through_the_session_keeps_what_the_backend_settled_on():
     mgr = SessionManager(backend)
     sid = mgr.start(h, w, n)
     mgr.put_frames(sid, 0, frames)
-    # boxes 6 px larger than the objects, so the objects compete for pixels (the local
-    # tracker hugs the objects tightly: with exact boxes nothing overlaps to be carved)
-    grow = np.array([-6, -6, 6, 6], np.float32)
-    hi = np.array([w - 1, h - 1, w - 1, h - 1], np.float32)
+    # mask prompts 6 px larger than the objects, so the objects compete for pixels (the
+    # local tracker and the box prompts hug the objects tightly: nothing would overlap)
+    grow = np.ones((13, 13), np.uint8)
     for oid, role, keys in ((1, 0, (0, 12)), (2, 1, (6,)), (3, 2, (0, 20))):
         for k in keys:
-            box = np.clip(box_of(gt[role, k]).astype(np.float32) + grow, 0, hi)
-            mgr.add_prompt(sid, k, oid, box=box.tolist())
+            mgr.add_prompt(sid, k, oid, mask=cv2.dilate(gt[role, k].astype(np.uint8), grow) > 0)
     mgr.propagate(sid, "both")
     assert max(counts.values()) == 2  # some objects were carved by the other pass
     ids, _, _, packed = mgr.masks(sid)

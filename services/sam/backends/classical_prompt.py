@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from services.sam.backends.classical_clicks import grabcut_scaled
+from services.sam.backends.classical_geodesic import box_core
 from services.sam.backends.classical_ops import (
     NBINS,
     ColourModel,
@@ -27,7 +28,8 @@ from services.sam.backends.classical_ops import (
 )
 
 SEED_DIST = 25.0  # feature distance to a click's colour for 'probably object'
-GRABCUT_SIDE = 640  # px: GrabCut runs with the crop's longer side at most this
+GRABCUT_SIDE = 400  # px: GrabCut runs with the crop's longer side at most this
+FIT_ENOUGH = 3  # box sides an attempt's mask must reach to be kept without trying others
 CROP_PAD, CROP_PAD_MIN = 0.5, 24  # GrabCut context around the prompt region (fraction, px)
 
 
@@ -57,7 +59,9 @@ def segment_prompt(
 
     Initial labels: inside a box, 'probably object' is (in order of preference) the pixels
     whose colour the object had on another keyframe, else the similar-colour regions around
-    the positive clicks, else the whole box. Negative clicks cut their similar-colour region.
+    the positive clicks, else the box pixels that the background outside the box reaches
+    least cheaply (classical_geodesic.box_core), else the whole box. Negative clicks cut
+    their similar-colour region.
     """
     h, w = img.shape[:2]
     r = _seed_radius(h, w)
@@ -88,12 +92,17 @@ def segment_prompt(
                 veto = ~cv2.dilate(support.astype(np.uint8), disk(2)).astype(bool)
         if seed is None and any(lb == 1 for _, _, lb in pts):
             seed = _click_colours(feat, pts, r, SEED_DIST) & inbox
+        region = (x0, y0, x1, y1)
+        size = max(x1 - x0, y1 - y0)
+        crop = pad_box(region, max(CROP_PAD_MIN, int(CROP_PAD * size)), h, w)
+        if seed is None and prior is None:  # what the outside cannot reach is the object
+            core = box_core(img, region, crop)
+            seed = core if core.sum() >= 0.05 * inbox.sum() else None
         gc[inbox] = cv2.GC_PR_FGD if seed is None else cv2.GC_PR_BGD
         if seed is not None:
             gc[seed] = cv2.GC_PR_FGD
         if prior is not None:
             gc[prior & inbox] = cv2.GC_PR_FGD
-        region = (x0, y0, x1, y1)
     else:
         obj = pos if prior is None else pos | prior
         region = bbox(obj)
@@ -123,7 +132,7 @@ def segment_prompt(
 
 def _box_grabcut(img, feat, gc, crop, region, inbox, iters, veto, exclude, clicked) -> np.ndarray:
     """GrabCut for a box prompt. A box is tight, so the object should reach its four sides:
-    attempts run until one does (else the best is kept): shading-robust features, then full
+    attempts run until one reaches FIT_ENOUGH of them (else the best is kept): shading-robust features, then full
     lightness contrast; first with other objects' pixels starting as background (unless
     clicks say otherwise), then without (those masks may be wrong). If every attempt empties
     the box, a colour-contrast fallback is used."""
@@ -144,7 +153,7 @@ def _box_grabcut(img, feat, gc, crop, region, inbox, iters, veto, exclude, click
             fit = _box_fit(out, region)
             if fit > best_fit:
                 best, best_fit = out, fit
-            if fit == 4:
+            if fit >= FIT_ENOUGH:
                 return best
     if not best.any():  # GrabCut emptied the box
         q = quantise(img)
