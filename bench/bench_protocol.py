@@ -15,6 +15,7 @@ http_rt_us / mesh_rt_us as printed (interleaving the mesh with HTTP instead woul
 calls made cache-cold by 5 MB of base64 churn, which is not the mesh's cost). Prints a
 table; the last line is one JSON object. `speedup_vs_http` is against Flask when it is
 installed (`http_baseline` says which); `speedup_vs_stdlib_http` is always printed.
+Then the request decode cost of protocol.schema.parse against msgspec (bench/bench_decode.py).
 """
 
 from __future__ import annotations
@@ -264,6 +265,17 @@ def main(argv: list[str] | None = None) -> dict:
                      ("mesh small op, sync", res["sync_small_us"]),
                      ("mesh small op, 8 in flight", res["pipelined_small_us"])):  # fmt: skip
         print(f"{name:<44}{us:>9.1f} us{1e6 / us:>10.0f} op/s")
+    try:  # decode cost of today's schema.parse vs msgspec, same run (bench/bench_decode.py)
+        from bench import bench_decode
+    except ImportError as e:  # msgspec is a bench-only dependency (tests/requirements.txt)
+        print(f"decode: skipped ({e}); pip install msgspec to compare")
+    else:
+        dec = bench_decode.run(max(0.5, s / 2))
+        bench_decode.print_table(dec)
+        res["decode_us"] = dec
+        share = dec["sam add_prompt (3 points)"]["wire_decode_parse_bytes"] / res["sync_small_us"]
+        res["decode_share_of_small_op"] = round(share, 3)
+        print(f"add_prompt decode (wire + schema.parse) = {share:.0%} of a small op's round trip")
     print(json.dumps(res))
     return res
 

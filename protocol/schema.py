@@ -87,20 +87,42 @@ def parse(cls: type, body: Any, *, where: str = "") -> Any:
         body = {}
     if not isinstance(body, dict):
         raise BadRequest(f"{where or 'body'}: must be a map of fields, got {_tname(body)}")
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("parse", True)}
-    unknown = [k for k in body if k not in fields]
-    if unknown:
-        path = f"{where}.{unknown[0]}" if where else str(unknown[0])
-        raise BadRequest(f"{path}: unknown field; valid fields are {sorted(fields)}")
+    fields = _FIELDS.get(cls)
+    if fields is None:  # (name, annotation, required) of every key, once per class
+        hints = _hints(cls)
+        fields = _FIELDS[cls] = [
+            (f.name, hints[f.name],
+             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls) if f.metadata.get("parse", True)
+        ]  # fmt: skip
+    names = _names(cls)
+    if not names.issuperset(body):
+        unknown = [k for k in body if k not in names]
+        raise BadRequest(f"{_join(where, str(unknown[0]))}: unknown field; valid fields are "
+                         f"{sorted(names)}")  # fmt: skip
     kwargs = {}
-    for name, f in fields.items():
-        path = f"{where}.{name}" if where else name
+    for name, tp, required in fields:
         if name in body:
-            kwargs[name] = _check(hints[name], body[name], path)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise BadRequest(f"{path}: required field is missing")
+            v = body[name]
+            kwargs[name] = v if _EXACT.get(tp) is type(v) else _check(tp, v, _join(where, name))
+        elif required:
+            raise BadRequest(f"{_join(where, name)}: required field is missing")
     return cls(**kwargs)
+
+
+_FIELDS: dict[type, list[tuple[str, Any, bool]]] = {}
+_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _names(cls: type) -> frozenset[str]:
+    n = _NAMES.get(cls)
+    if n is None:
+        n = _NAMES[cls] = frozenset(keys(cls))
+    return n
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
 
 
 def _tname(v: Any) -> str:
@@ -109,14 +131,24 @@ def _tname(v: Any) -> str:
     return type(v).__name__
 
 
+_EXACT = {int: int, float: float, str: str, bool: bool}  # fast path: the value's exact type
+_SHAPES: dict[Any, tuple[Any, tuple]] = {}  # annotation -> (get_origin, get_args), cached
+
+
 def _check(tp: Any, v: Any, path: str) -> Any:
-    origin = get_origin(tp)
+    if _EXACT.get(tp) is type(v):  # the common case, before the general rules below
+        return v
     if tp is Any:
         return v
+    shape = _SHAPES.get(tp)
+    if shape is None:
+        shape = _SHAPES[tp] = (get_origin(tp), get_args(tp))
+    origin, args = shape
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
         if v is None and type(None) in args:
             return None
+        if len(args) == 2 and args[1] is type(None):  # X | None: X's own message
+            return _check(args[0], v, path)
         errors = []
         for a in args:
             if a is type(None):
@@ -131,7 +163,7 @@ def _check(tp: Any, v: Any, path: str) -> Any:
             else f"{path}: expected {_show(tp)}, got {_tname(v)}{_value(v)}"
         )
     if origin is Literal:
-        choices = get_args(tp)
+        choices = args
         # only scalars compare: `array in choices` would raise (truth value of an array)
         if not isinstance(v, str | int | float) or type(v) is bool or v not in choices:
             raise BadRequest(f"{path}: {_tname(v) if isinstance(v, np.ndarray) else repr(v)} "
@@ -140,12 +172,15 @@ def _check(tp: Any, v: Any, path: str) -> Any:
     if origin is list:
         if not isinstance(v, list):
             raise BadRequest(f"{path}: expected a list, got {_tname(v)}{_value(v)}")
-        (item,) = get_args(tp) or (Any,)
+        (item,) = args or (Any,)
+        exact = _EXACT.get(item)
+        if exact is not None and all(type(x) is exact for x in v):
+            return v  # a list of exact scalars (points' coordinates, ids): nothing to convert
         return [_check(item, x, f"{path}[{i}]") for i, x in enumerate(v)]
     if origin is dict:
         if not isinstance(v, dict):
             raise BadRequest(f"{path}: expected a map, got {_tname(v)}{_value(v)}")
-        kt, vt = get_args(tp) or (Any, Any)
+        kt, vt = args or (Any, Any)
         return {_check(kt, k, f"{path} key"): _check(vt, x, f"{path}[{k!r}]") for k, x in v.items()}
     if origin is tuple or tp is tuple:
         if not isinstance(v, list | tuple):
@@ -155,8 +190,6 @@ def _check(tp: Any, v: Any, path: str) -> Any:
         if len(args) > 2 or (len(args) == 2 and args[1] is not Ellipsis):
             raise TypeError(f"{path}: only tuple[X, ...] is supported by protocol.schema")
         return tuple(_check(item, x, f"{path}[{i}]") for i, x in enumerate(v))
-    if getattr(tp, "__mesh_message__", False) or _is_dataclass_type(tp):
-        return parse(tp, v, where=path)
     if tp is float:
         if isinstance(v, int | float) and not isinstance(v, bool):
             return float(v)
@@ -172,6 +205,8 @@ def _check(tp: Any, v: Any, path: str) -> Any:
     elif tp in (str, bytes, list, dict):
         if isinstance(v, tp):
             return v
+    elif getattr(tp, "__mesh_message__", False) or _is_dataclass_type(tp):
+        return parse(tp, v, where=path)
     else:
         raise TypeError(f"{path}: annotation {tp!r} is not supported by protocol.schema")
     raise BadRequest(_mismatch(tp, v, path))
