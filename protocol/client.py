@@ -48,7 +48,7 @@ from . import security
 from .contract import Contract
 from .errors import UNAVAILABLE, RemoteError, ServiceUnavailable, Stalled
 from .server import DEFAULT_MAX_MSG_BYTES
-from .wire import WireError, decode, encode
+from .wire import WireError, decode, encode, restamp_deadline
 from .zio import POLLIN, poll, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class Client:
             raise ValueError(f"timeout: must be > 0 seconds, got {t}")
         long_running = self.contract is not None and self.contract.long_running(op)
         fut = Future(self, next(self._ids), op, t, idempotent, self.retries, long_running)
-        fut.frames = encode({"op": op, "id": fut.id, "deadline": t, "body": body or {}})
+        fut.frames = encode({"op": op, "id": fut.id, "deadline": float(t), "body": body or {}})
         self._send(fut)
         return fut
 
@@ -294,6 +294,8 @@ class Client:
             fut.probe_at = now + self.probe_s
         fut.heard = now
         fut.expires = min(fut.alive_until, fut.deadline)
+        if fut.attempts > 1 or not attempt:  # a re-send carries the time the caller has left
+            fut.frames[0] = restamp_deadline(fut.frames[0], max(fut.deadline - now, 1e-3))
         fut.sock = sock = self._socket(r)
         r.pending[fut.id] = fut
         send_parts(sock, [b"", *fut.frames])

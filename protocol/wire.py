@@ -171,6 +171,20 @@ def encode(header: dict, *, inline_max: int = INLINE_MAX_BYTES) -> list:
     return enc.frames
 
 
+_DEADLINE_ENTRY = b"\xa8deadline\xcb"  # msgpack: the key "deadline", then a float64
+
+
+def restamp_deadline(frame0: bytes, seconds: float) -> bytes:
+    """Frame 0 of an encoded request with its header's `deadline` set to `seconds` (the time
+    the caller still waits, for a re-send); only the 8 bytes of the float change. A header
+    whose deadline is not a float64 near the front is returned unchanged."""
+    i = frame0.find(_DEADLINE_ENTRY, PREFIX_SIZE, PREFIX_SIZE + 320)
+    if i < 0:
+        return frame0
+    j = i + len(_DEADLINE_ENTRY)
+    return b"".join((frame0[:j], struct.pack(">d", seconds), frame0[j + 8 :]))
+
+
 class _ExtHook:
     """msgpack ext_hook for one message: array references; remembers whether it saw any."""
 

@@ -242,3 +242,22 @@ def test_a_config_workers_value_equal_to_the_default_still_applies(tmp_path: Pat
         assert info["workers"] == 1 and info["queue_size"] == 64
     finally:
         stop_process(proc)
+
+
+def test_a_resend_carries_the_time_the_caller_has_left(router):
+    """One deadline per call: a re-send (here after `overloaded`) tells the service how long
+    the caller still waits, not the whole timeout again (a handler plans its work by it)."""
+    sock, ep = router
+    busy = {"ok": False, "error": {"code": "overloaded", "message": "full", "retryable": True}}
+    with Client(ep, timeout=4.0, contract=ECHO) as c:
+        fut = c.submit("echo", {"x": [1, 2, 3]})
+        _, first = serve_one(sock, busy)
+        time.sleep(0.5)  # the caller's clock runs on while the service is full
+        while not fut.overloads:
+            c._step(fut)
+        while sock.poll(0) == 0:
+            c._step(fut)
+        _, again = serve_one(sock, {"ok": True, "body": {"x": [1, 2, 3]}})
+        assert fut.result() == {"x": [1, 2, 3]}
+    assert first["deadline"] == 4.0 and again["body"] == first["body"]
+    assert again["id"] == first["id"] and again["deadline"] < 3.6, again["deadline"]
