@@ -9,7 +9,12 @@ import pytest
 
 from services.sam.backends.base import Prompt, Window
 from services.sam.backends.classical import ClassicalBackend
-from services.sam.backends.classical_clicks import deepest_point, is_lost, redetect
+from services.sam.backends.classical_clicks import (
+    deepest_point,
+    is_lost,
+    redetect,
+    refine_with_clicks,
+)
 from services.sam.backends.classical_ops import features
 
 
@@ -95,3 +100,23 @@ def test_background_click_alone_on_a_frame_without_mask_is_refused():
     with pytest.raises(ValueError, match="background labels"):
         be.add_prompt(st, Prompt(1, 1, points=np.array([[5, 5]], np.float32),
                                  labels=np.array([0], np.int32)))  # fmt: skip
+
+
+def test_a_far_click_on_background_colours_keeps_the_mask():
+    """A positive click far from a good mask on colours the object never had (a thin missed
+    structure, a stray click) neither re-detects the object there nor drops the mask."""
+    img, m = scene(x0=20, y0=40)
+    be = ClassicalBackend()
+    st = be.init_state(np.stack([img, img]))
+    be.add_prompt(st, Prompt(0, 1, mask=m))
+    st.objects[1].results[1] = np.packbits(m, axis=-1)
+    far = np.array([[140, 100]], np.float32), np.array([1], np.int32)
+    out = be.add_prompt(st, Prompt(1, 1, points=far[0], labels=far[1]))[1]
+    assert out[m].mean() > 0.95 and out[100, 140]
+
+
+def test_refine_keeps_the_prior_when_the_reach_covers_all_of_it():
+    img, m = scene(x0=20, y0=40)
+    out = refine_with_clicks(features(img), m, np.array([[140, 100], [38, 58]], np.float32),
+                             np.array([1, 0]), ref_size=400)  # fmt: skip
+    assert out[m].mean() > 0.8  # the negative click removes its surroundings at most

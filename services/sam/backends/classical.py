@@ -189,8 +189,11 @@ class ClassicalBackend(SamBackend):
             and (ref := self._reference(obj, frame)) is not None
             and (lab == 1).any()
             and (base is None or is_lost(base, pts, lab, ref))
-        ):  # a positive click where the mask lost the object: find it again
-            m = redetect(features(img), ref, pts, lab, base, iters=self.grabcut_iters)
+            and self._object_like(obj, frame, img, pts[lab == 1][0])
+            and (m := redetect(features(img), ref, pts, lab, base, iters=self.grabcut_iters))
+            is not None
+        ):  # a positive click on the object's colours where the mask lost it: found again
+            pass
         elif p.get("box") is None and base is not None and base.any():
             rb = bbox(ref) if ref is not None else None
             size = max(rb[2] - rb[0], rb[3] - rb[1]) if rb is not None else 0
@@ -236,6 +239,18 @@ class ClassicalBackend(SamBackend):
         """The object's mask on its nearest other keyframe (None: no other non-empty one)."""
         keys = [k for k, m in obj.keymasks.items() if k != frame and m.any()]
         return obj.keymasks[min(keys, key=lambda k: (abs(k - frame), k))] if keys else None
+
+    @staticmethod
+    def _object_like(obj: _Object, frame: int, img: np.ndarray, xy: np.ndarray) -> bool:
+        """Whether the colours around (x, y) are more the object's than its surroundings' on
+        its nearest other keyframe (its colour model; True when it has none)."""
+        keys = [k for k, m in obj.models.items() if k != frame and m is not None]
+        if not keys:
+            return True
+        model = obj.models[min(keys, key=lambda k: (abs(k - frame), k))]
+        x, y = int(xy[0]), int(xy[1])
+        patch = img[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3]
+        return float(model.lut[quantise(patch)].mean()) > 0.5
 
     @staticmethod
     def _others(st: ClassicalState, frame: int, obj_id: int) -> np.ndarray | None:

@@ -117,11 +117,16 @@ def refine_with_clicks(
     keep = np.zeros((h, w), bool)
     for x, y in pos:
         keep[y, x] = True
-    core = prior & ~near.astype(bool)
-    return largest_components(out, keep | (core & out)) if out.any() else out
+    # kept: the parts at a positive click and those holding the prior's pixels beyond the
+    # clicks' reach (when the reach covers the whole prior: its pixels anywhere, so a far click
+    # that opens the whole object to GrabCut does not leave only what grew around the click)
+    anchor = prior & ~near.astype(bool) & out
+    anchor = anchor if anchor.any() else prior & out
+    return largest_components(out, keep | anchor) if out.any() else out
 
 
 LOST_FRAC = 0.5  # a positive click farther than this x the reference size from the mask: lost
+REDETECT_AREA = 4.0  # a found object's area is within this factor of the keyframe's
 REDETECT_PAD = 0.3  # context around the moved reference shape, fraction of its size
 
 
@@ -157,12 +162,13 @@ def redetect(
     prior: np.ndarray | None = None,  # (H, W) bool: the earlier (wrong) mask on this frame
     seed_radius: int = 4,
     iters: int = 4,
-) -> np.ndarray:
+) -> np.ndarray | None:
     """Find an object the mask lost, from a positive click: the reference shape (the object on
     its nearest keyframe) moved so that its deepest point lies on the click is the probable
     object, the context around it probable background, the earlier mask too (it tracked
     something else); GrabCut decides, the component at the positive click(s) is kept.
-    Returns (H, W) bool."""
+    Returns (H, W) bool, or None when the result's area is not within REDETECT_AREA times
+    the reference's either way (not the object: the caller corrects locally instead)."""
     h, w = ref.shape
     pos = [(int(x), int(y)) for (x, y), lb in zip(points, labels, strict=True) if lb == 1]
     cx, cy = deepest_point(ref)
@@ -182,4 +188,6 @@ def redetect(
     keep = np.zeros((h, w), bool)
     for x, y in pos:
         keep[y, x] = True
-    return largest_components(out, keep) if out.any() else out
+    out = largest_components(out, keep) if out.any() else out
+    ratio = np.count_nonzero(out) / max(1, np.count_nonzero(ref))
+    return out if 1 / REDETECT_AREA <= ratio <= REDETECT_AREA else None
