@@ -12,12 +12,20 @@ import cv2
 import numpy as np
 import pytest
 
+from protocol import deadline
+from protocol.deadline import DeadlineExceeded
 from services.vlm.backends import make_backend
 from services.vlm.backends.chat import ChatOptions
 from services.vlm.backends.openai_backend import OpenAIOptions
 from services.vlm.backends.vllm_backend import VllmBackend, VllmOptions, llm_kwargs, sampling_kwargs
 from services.vlm.batching import BatcherClosed, MicroBatcher
-from services.vlm.errors import NotFoundError, OptionError, RequestError, UnsupportedError
+from services.vlm.errors import (
+    NotFoundError,
+    OptionError,
+    RequestError,
+    UnsupportedError,
+    UpstreamTimeout,
+)
 
 PROMPTS = """\
 version: 1
@@ -237,4 +245,35 @@ def test_batcher_hands_a_failure_to_every_item_of_the_batch():
     b = MicroBatcher(boom, max_batch=8, max_wait_s=0.0)
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
         b.submit(1).result(timeout=5)
+    b.close()
+
+
+def test_batcher_does_not_run_an_item_whose_deadline_passed_in_the_queue():
+    ran: list[list[int]] = []
+
+    def slow(items: list[int]) -> list[int]:
+        ran.append(list(items))
+        time.sleep(0.3)  # a GPU step
+        return items
+
+    b = MicroBatcher(slow, max_batch=1, max_wait_s=0.0)
+    first = b.submit(1)  # occupies the batch thread for 0.3 s
+    late = b.submit(2, deadline=time.monotonic() + 0.1)  # expires while queued behind it
+    fine = b.submit(3, deadline=time.monotonic() + 5.0)
+    assert first.result(timeout=5) == 1 and fine.result(timeout=5) == 3
+    with pytest.raises(DeadlineExceeded, match="caller's deadline passed"):
+        late.result(timeout=5)
+    assert ran == [[1], [3]]  # item 2 never reached the model
+    b.close()
+
+
+def test_vllm_complete_stops_at_the_callers_deadline():
+    b = VllmBackend.from_options({})
+    release = threading.Event()
+    b._batcher = MicroBatcher(lambda items: [release.wait(10) and None] * len(items), 4, 0.0)
+    t0 = time.monotonic()
+    with deadline.scope(t0 + 1.0), pytest.raises(UpstreamTimeout, match="caller's deadline"):
+        b.complete([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - t0 < 1.5
+    release.set()
     b.close()

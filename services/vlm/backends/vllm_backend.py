@@ -13,14 +13,20 @@ anywhere; without vllm setup() raises ImportError naming the install command.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+from protocol import deadline
+from protocol.deadline import DeadlineExceeded
+
 from ..batching import MicroBatcher
-from ..errors import OptionError, UpstreamError
+from ..errors import OptionError, UpstreamError, UpstreamTimeout
 from . import parse_options
 from .chat import ChatBackend, ChatOptions, Completion
 
 log = logging.getLogger(__name__)
+
+REPLY_RESERVE_S = 0.2  # of the caller's deadline, kept for the reply to travel back
 
 INSTALL_HINT = (
     "the vllm backend needs the vllm package on a CUDA host: run "
@@ -107,7 +113,18 @@ class VllmBackend(ChatBackend):
     def complete(self, messages: list) -> Completion:
         if self._batcher is None:
             raise UpstreamError("the vllm backend is not set up; call setup() first")
-        return self._batcher.submit(messages).result()
+        fut = self._batcher.submit(messages, deadline=deadline.current())
+        left = deadline.left()  # the caller's deadline (protocol/deadline.py), None = none
+        try:
+            return fut.result(timeout=None if left is None else max(left - REPLY_RESERVE_S, 0))
+        except DeadlineExceeded as e:
+            raise UpstreamTimeout(f"vllm {self.opts.model}: not run: {e}") from None
+        except FutureTimeout:
+            raise UpstreamTimeout(
+                f"vllm {self.opts.model}: no answer within the caller's deadline ({left:.2f}s "
+                "left when queued); the generation finishes on the GPU and its answer is "
+                "dropped - give the call a longer timeout (services.yaml vlm timeout_s)"
+            ) from None
 
     def info(self) -> dict:
         return {**super().info(), "model": self.opts.model}
