@@ -15,7 +15,7 @@ How it works:
   A mask prompt is taken as is.
   Each prompted (object, frame) becomes a keyframe with its mask and a colour model.
 - propagate: dense optical flow (DIS) between neighbouring frames, computed once per frame
-  pair and shared by all objects, warps each mask; the pixels in a band around the warped
+  pair and shared by all objects, on the region around them (flow_margin), warps each mask; the pixels in a band around the warped
   boundary are re-decided from the object's colour model and the distance to the boundary.
 - Several keyframes / direction 'both': each frame takes each object's mask from the
   nearest prompted keyframe of that object in time; ties go to the forward pass (the

@@ -20,7 +20,11 @@ Per frame, in a region around the object (all figures in pixels of the frame):
 3. decision: the object probability sigmoid(prior + colour_weight * colour log-odds) is
    smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
    image edges), thresholded at 0.5; small holes filled, components not touching the warped
-   core dropped.
+   core dropped;
+4. recovery (recover_frac): on a frame where the mask shrank (an occluder such as a pole or
+   a tree trunk sweeping over the object wipes the part it passed: that part's pixels are
+   then too far outside the warped mask to join again), components of strongly
+   object-coloured pixels within recover_frac x the object's size of the mask are added back.
 """
 
 from __future__ import annotations
@@ -241,6 +245,8 @@ class ObjectTracker:
 
 def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
     """Fill background components enclosed by the mask smaller than frac of its area."""
+    if frac <= 0:  # nothing is smaller than 0
+        return mask
     inv = (~mask).astype(np.uint8)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
     if n <= 2:
