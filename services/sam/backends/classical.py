@@ -55,6 +55,11 @@ from services.sam.backends.classical_track import ObjectTracker
 
 log = logging.getLogger(__name__)
 
+# a click re-detects a lost object only where P(object | colour) on the nearest keyframe is
+# above this (keyframe masks from boxes hold background, so the object's own colours often
+# score 0.3-0.5; a background click on sky/grass scores below 0.2)
+OBJECT_LIKE = 0.25
+
 PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -242,15 +247,15 @@ class ClassicalBackend(SamBackend):
 
     @staticmethod
     def _object_like(obj: _Object, frame: int, img: np.ndarray, xy: np.ndarray) -> bool:
-        """Whether the colours around (x, y) are more the object's than its surroundings' on
-        its nearest other keyframe (its colour model; True when it has none)."""
+        """Whether the colours around (x, y) could be the object's: P(object | colour) above
+        OBJECT_LIKE on its nearest other keyframe (its colour model; True when it has none)."""
         keys = [k for k, m in obj.models.items() if k != frame and m is not None]
         if not keys:
             return True
         model = obj.models[min(keys, key=lambda k: (abs(k - frame), k))]
         x, y = int(xy[0]), int(xy[1])
         patch = img[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3]
-        return float(model.lut[quantise(patch)].mean()) > 0.5
+        return float(model.lut[quantise(patch)].mean()) > OBJECT_LIKE
 
     @staticmethod
     def _others(st: ClassicalState, frame: int, obj_id: int) -> np.ndarray | None:
