@@ -80,6 +80,14 @@ TARGETS = [
         (ValueError,),
     ),  # fmt: skip
     Target(
+        "sam backend nested option",
+        lambda k, v: create_backend("classical", {"track": {k: v}}),
+        None,
+        "band",
+        "backend classical options.track.",
+        (ValueError,),
+    ),  # fmt: skip
+    Target(
         "vlm backend option",
         lambda k, v: make_backend("openai", {k: v}),
         "pre_resize",

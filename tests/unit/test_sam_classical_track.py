@@ -97,8 +97,12 @@ def test_click_adds_a_missed_part_and_removes_a_wrong_one():
 def test_backend_options_are_checked():
     with pytest.raises(ValueError, match="tracker"):
         ClassicalBackend(tracker="nope")
-    with pytest.raises(ValueError, match="track: unknown"):
+    with pytest.raises(
+        ValueError, match=r"options\.track\.sigmaa: unknown field; valid fields are \[.*'sigma'"
+    ):
         ClassicalBackend(track={"sigmaa": 1})
+    with pytest.raises(ValueError, match=r"options\.track\.band: expected int, got str '3'"):
+        ClassicalBackend(track={"band": "3"})
     assert ClassicalBackend(track={"sigma": 3}).track["sigma"] == 3
     with pytest.raises(ValueError, match="flow_margin"):
         ClassicalBackend(flow_margin=-1)

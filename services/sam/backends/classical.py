@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
 
+from protocol.options import parse_options
 from services.sam.backends.base import PASSES, PassMasks, Prompt, SamBackend, Window
 from services.sam.backends.classical_clicks import is_lost, redetect, refine_with_clicks
 from services.sam.backends.classical_ops import (
@@ -50,8 +51,7 @@ from services.sam.backends.classical_ops import (
     track_step,
 )
 from services.sam.backends.classical_prompt import segment_prompt
-from services.sam.backends.classical_track import DEFAULTS as TRACK_DEFAULTS
-from services.sam.backends.classical_track import ObjectTracker
+from services.sam.backends.classical_track import ObjectTracker, TrackOptions
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class ClassicalBackend(SamBackend):
         grabcut_iters: int = 4,  # GrabCut iterations for box/point prompts
         threads: int | None = None,  # cv2.setNumThreads (None: OpenCV's default)
         tracker: str = "local",  # local: classical_track.py; flow_colour: the first tracker
-        track: dict | None = None,  # classical_track.DEFAULTS overrides (tracker local)
+        track: dict | None = None,  # classical_track.TrackOptions overrides (tracker local)
     ) -> None:
         if device != "cpu":
             raise ValueError(f"device: the classical backend runs on 'cpu' only, got {device!r}")
@@ -122,11 +122,9 @@ class ClassicalBackend(SamBackend):
             raise ValueError(f"flow_margin: must be >= 0 or None (whole frame), got {flow_margin}")
         if tracker not in ("local", "flow_colour"):
             raise ValueError(f"tracker: {tracker!r} is not one of ['flow_colour', 'local']")
-        unknown = sorted(set(track or {}) - set(TRACK_DEFAULTS))
-        if unknown:
-            raise ValueError(f"track: unknown key(s) {unknown}; valid: {sorted(TRACK_DEFAULTS)}")
         self.tracker = tracker
-        self.track = {**TRACK_DEFAULTS, **(track or {})}
+        opts = parse_options(TrackOptions, track, where="backend classical options.track")
+        self.track = asdict(opts)
         self.device = device
         self.flow_scale = flow_scale
         self.flow_preset = flow_preset

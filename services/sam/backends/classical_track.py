@@ -29,7 +29,7 @@ Per frame, in a region around the object (all figures in pixels of the frame):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
@@ -271,25 +271,31 @@ def keep_touching(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
     return np.isin(lab, ids)
 
 
-DEFAULTS = {
-    "band": 10,  # min px inside the warped boundary that are re-decided
-    "band_frac": 0.0,  # ... as a fraction of the object's size (bbox side)
-    "band_max": 24,
-    "grow": 6,  # min px outside the warped boundary that may join the object
-    "grow_frac": 0.0,
-    "sigma": 2.5,  # px per unit of prior log-odds
-    "prior_clip": 6.0,
-    "colour_weight": 1.0,
-    "colour_rate": 0.05,  # per-frame adaptation of the global colour model
-    "key_weight": 0.0,  # share of the keyframe's fixed model in the global colour model
-    "local_weight": 0.0,  # share of the per-tile colour models (0: global model only)
-    "gf_radius": 4,  # guided filter radius (px; 0: off)
-    "gf_eps": 1e-3,
-    "recover_frac": 0.15,  # re-add object-coloured parts up to this x size away (0: off)
-    "recover_logit": 3.0,  # ... whose colour log-odds are at least this
-    "recover_min": 0.01,  # ... and whose area is at least this fraction of the mask's
-    "recover_gate": 0.98,  # ... on frames where the mask shrank below this x the previous
-    "hole_frac": 0.0,  # fill enclosed holes smaller than this fraction of the area
-    "l_weight": 0.25,  # tracker features: lightness weight (classical_ops.features)
-    "ab_gain": 2.0,  # tracker features: chroma gain
-}
+@dataclass(frozen=True)
+class TrackOptions:
+    """The local tracker's settings: the backend option `track` (a map of these keys),
+    parsed by protocol/options like every other option."""
+
+    band: int = 10  # min px inside the warped boundary that are re-decided
+    band_frac: float = 0.0  # ... as a fraction of the object's size (bbox side)
+    band_max: int = 24
+    grow: int = 6  # min px outside the warped boundary that may join the object
+    grow_frac: float = 0.0
+    sigma: float = 2.5  # px per unit of prior log-odds
+    prior_clip: float = 6.0
+    colour_weight: float = 1.0
+    colour_rate: float = 0.05  # per-frame adaptation of the global colour model
+    key_weight: float = 0.0  # share of the keyframe's fixed model in the global colour model
+    local_weight: float = 0.0  # share of the per-tile colour models (0: global model only)
+    gf_radius: int = 4  # guided filter radius (px; 0: off)
+    gf_eps: float = 1e-3
+    recover_frac: float = 0.15  # re-add object-coloured parts up to this x size away (0: off)
+    recover_logit: float = 3.0  # ... whose colour log-odds are at least this
+    recover_min: float = 0.01  # ... and whose area is at least this fraction of the mask's
+    recover_gate: float = 0.98  # ... on frames where the mask shrank below this x the previous
+    hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
+    l_weight: float = 0.25  # tracker features: lightness weight (classical_ops.features)
+    ab_gain: float = 2.0  # tracker features: chroma gain
+
+
+DEFAULTS = asdict(TrackOptions())
