@@ -64,6 +64,26 @@ def _first_failure_after(
     return None
 
 
+def _assert_recovered(what: str, endpoint: str, tmp_path: Path, out: Path, ref: Path, rc: int,
+                      killed_at: dt.datetime, at_kill: list[int], killed_s: float,
+                      plain_s: float) -> None:  # fmt: skip
+    """After `what` (at `endpoint`) was killed mid-propagate: the failure was noticed within
+    NOTICE_S, the run finished whole with the uninterrupted run's bytes, at most LATE_S later."""
+    text = (tmp_path / "logs" / "orchestrator-killed.log").read_text(errors="replace")
+    failure = _first_failure_after(text, killed_at, endpoint)
+    noticed_s = (failure[0] - killed_at).total_seconds() if failure else float("nan")
+    log.warning("%s kill -9 mid-propagate after episodes %s: noticed after %.1fs; "
+                "run %.1fs vs %.1fs uninterrupted", what, at_kill, noticed_s, killed_s, plain_s)  # fmt: skip
+    assert len(at_kill) < N_EPISODES, f"the run finished before {what} was killed"
+    assert rc == 0, text[-4000:]
+    assert failure is not None, f"no failed attempt logged after the kill:\n{text[-4000:]}"
+    assert noticed_s <= NOTICE_S, f"noticed after {noticed_s:.1f}s: {failure[1]}"
+    assert done_markers(out) == list(range(N_EPISODES))
+    diff = tree_diff(ref, out)
+    assert not diff, f"outputs differ from the uninterrupted run: {diff[:10]}"
+    assert killed_s <= plain_s + LATE_S, (killed_s, plain_s)
+
+
 def test_sam_killed_mid_propagate_is_noticed_within_30s_despite_timeout_600(
     tmp_path: Path, kill_data: Path, reference
 ) -> None:
@@ -90,19 +110,8 @@ def test_sam_killed_mid_propagate_is_noticed_within_30s_despite_timeout_600(
         mesh.restart("sam")
         rc = proc.wait(300)
         killed_s = time.monotonic() - t
-        text = (tmp_path / "logs" / "orchestrator-killed.log").read_text(errors="replace")
-        failure = _first_failure_after(text, killed_at, sam)
-        noticed_s = (failure[0] - killed_at).total_seconds() if failure else float("nan")
-        log.warning("sam kill -9 mid-propagate after episodes %s, restarted: noticed after %.1fs; "
-                    "run %.1fs vs %.1fs uninterrupted", at_kill, noticed_s, killed_s, plain_s)  # fmt: skip
-        assert len(at_kill) < N_EPISODES, "the run finished before SAM was killed"
-        assert rc == 0, text[-4000:]
-        assert failure is not None, f"no failed attempt logged after the kill:\n{text[-4000:]}"
-        assert noticed_s <= NOTICE_S, f"noticed after {noticed_s:.1f}s: {failure[1]}"
-        assert done_markers(out) == list(range(N_EPISODES))
-        diff = tree_diff(ref, out)
-        assert not diff, f"outputs differ from the uninterrupted run: {diff[:10]}"
-        assert killed_s <= plain_s + LATE_S, (killed_s, plain_s)
+        _assert_recovered("SAM (restarted)", sam, tmp_path, out, ref, rc, killed_at, at_kill,
+                          killed_s, plain_s)  # fmt: skip
     finally:
         mesh.stop()
 
@@ -142,20 +151,8 @@ def test_sam_replica_killed_mid_propagate_its_episode_moves_to_the_other(
         at_kill = done_markers(out)
         rc = proc.wait(300)
         killed_s = time.monotonic() - t
-        text = (tmp_path / "logs" / "orchestrator-killed.log").read_text(errors="replace")
-        failure = _first_failure_after(text, killed_at, busy[0])
-        noticed_s = (failure[0] - killed_at).total_seconds() if failure else float("nan")
-        log.warning("sam replica %s kill -9 mid-propagate after episodes %s: noticed after %.1fs; "
-                    "run %.1fs vs %.1fs uninterrupted", busy[0], at_kill, noticed_s, killed_s,
-                    plain_s)  # fmt: skip
-        assert len(at_kill) < N_EPISODES, "the run finished before the replica was killed"
-        assert rc == 0, text[-4000:]
-        assert failure is not None, f"no failed attempt logged after the kill:\n{text[-4000:]}"
-        assert noticed_s <= NOTICE_S, f"noticed after {noticed_s:.1f}s: {failure[1]}"
-        assert done_markers(out) == list(range(N_EPISODES))
-        diff = tree_diff(ref, out)
-        assert not diff, f"outputs differ from the uninterrupted run: {diff[:10]}"
-        assert killed_s <= plain_s + LATE_S, (killed_s, plain_s)
+        _assert_recovered(f"the sam replica {busy[0]}", busy[0], tmp_path, out, ref, rc,
+                          killed_at, at_kill, killed_s, plain_s)  # fmt: skip
     finally:
         second.kill9()
         mesh.stop()

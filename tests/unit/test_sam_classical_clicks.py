@@ -16,22 +16,13 @@ from services.sam.backends.classical_clicks import (
     refine_with_clicks,
 )
 from services.sam.backends.classical_ops import features
+from tests.unit.classical_scene import iou
+from tests.unit.classical_scene import scene as _scene
 
 
-def scene(h=120, w=160, x0=20, y0=40, size=36):
-    """Textured green background, a red square object at (x0, y0)."""
-    rng = np.random.default_rng(0)
-    img = np.zeros((h, w, 3), np.uint8)
-    img[..., 1] = 120 + rng.integers(0, 30, (h, w))
-    img[..., 0] = 30 + rng.integers(0, 20, (h, w))
-    m = np.zeros((h, w), bool)
-    m[y0 : y0 + size, x0 : x0 + size] = True
-    img[m] = (200, 40, 40)
-    return img, m
-
-
-def iou(a, b):
-    return np.count_nonzero(a & b) / max(1, np.count_nonzero(a | b))
+def scene(x0=20, y0=40, size=36, **kw):
+    """The shared scene with this module's default square."""
+    return _scene(x0=x0, y0=y0, size=size, **kw)
 
 
 def test_deepest_point_is_the_centre_of_a_square():

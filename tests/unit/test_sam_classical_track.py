@@ -17,22 +17,7 @@ from services.sam.backends.classical_track import (
     guided_filter,
     keep_touching,
 )
-
-
-def scene(h=120, w=160, x0=50, y0=40, size=40):
-    """Textured green background, a red square object."""
-    rng = np.random.default_rng(0)
-    img = np.zeros((h, w, 3), np.uint8)
-    img[..., 1] = 120 + rng.integers(0, 30, (h, w))
-    img[..., 0] = 30 + rng.integers(0, 20, (h, w))
-    m = np.zeros((h, w), bool)
-    m[y0 : y0 + size, x0 : x0 + size] = True
-    img[m] = (200, 40, 40)
-    return img, m
-
-
-def iou(a, b):
-    return (a & b).sum() / max(1, (a | b).sum())
+from tests.unit.classical_scene import iou, scene
 
 
 def test_guided_filter_keeps_constant_and_edges():
