@@ -60,6 +60,12 @@ log = logging.getLogger(__name__)
 # score 0.3-0.5; a background click on sky/grass scores below 0.2)
 OBJECT_LIKE = 0.25
 
+
+def _nearest(keys: list[int], frame: int) -> int | None:
+    """The keyframe of `keys` nearest to `frame` (ties: the earlier one), None if empty."""
+    return min(keys, key=lambda k: (abs(k - frame), k)) if keys else None
+
+
 PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -185,6 +191,7 @@ class ClassicalBackend(SamBackend):
         pts = np.asarray(p["points"], np.float32).reshape(-1, 2)
         lab = np.asarray(p["labels"], np.int32)
         base = p.get("mask") if p.get("mask") is not None else p.get("prior")
+        feat = None  # features(img), computed at most once below
         if len(pts) == 0 and p.get("box") is None:
             m = base
         elif (
@@ -193,14 +200,18 @@ class ClassicalBackend(SamBackend):
             and (lab == 1).any()
             and (base is None or is_lost(base, pts, lab, ref))
             and self._object_like(obj, frame, img, pts[lab == 1][0])
-            and (m := redetect(features(img), ref, pts, lab, base, iters=self.grabcut_iters))
+            and (
+                m := redetect(feat := features(img), ref, pts, lab, base, iters=self.grabcut_iters)
+            )
             is not None
         ):  # a positive click on the object's colours where the mask lost it: found again
             pass
         elif p.get("box") is None and base is not None and base.any():
             rb = bbox(ref) if ref is not None else None
             size = max(rb[2] - rb[0], rb[3] - rb[1]) if rb is not None else 0
-            m = refine_with_clicks(features(img), base, pts, lab, ref_size=size)  # near clicks
+            if feat is None:  # not yet computed by the re-detection attempt above
+                feat = features(img)
+            m = refine_with_clicks(feat, base, pts, lab, ref_size=size)  # near clicks
         else:
             other = [k for k in obj.models if k != frame and obj.models[k] is not None]
             near = min(other, key=lambda k: abs(k - frame)) if other else None
@@ -240,17 +251,17 @@ class ClassicalBackend(SamBackend):
     @staticmethod
     def _reference(obj: _Object, frame: int) -> np.ndarray | None:
         """The object's mask on its nearest other keyframe (None: no other non-empty one)."""
-        keys = [k for k, m in obj.keymasks.items() if k != frame and m.any()]
-        return obj.keymasks[min(keys, key=lambda k: (abs(k - frame), k))] if keys else None
+        k = _nearest([k for k, m in obj.keymasks.items() if k != frame and m.any()], frame)
+        return obj.keymasks[k] if k is not None else None
 
     @staticmethod
     def _object_like(obj: _Object, frame: int, img: np.ndarray, xy: np.ndarray) -> bool:
         """Whether the colours around (x, y) could be the object's: P(object | colour) above
         OBJECT_LIKE on its nearest other keyframe (its colour model; True when it has none)."""
-        keys = [k for k, m in obj.models.items() if k != frame and m is not None]
-        if not keys:
+        k = _nearest([k for k, m in obj.models.items() if k != frame and m is not None], frame)
+        if k is None:
             return True
-        model = obj.models[min(keys, key=lambda k: (abs(k - frame), k))]
+        model = obj.models[k]
         x, y = int(xy[0]), int(xy[1])
         patch = img[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3]
         return float(model.lut[quantise(patch)].mean()) > OBJECT_LIKE
