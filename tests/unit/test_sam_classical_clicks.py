@@ -4,6 +4,7 @@ refinement) on small synthetic images with known answers."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -111,3 +112,47 @@ def test_refine_keeps_the_prior_when_the_reach_covers_all_of_it():
     out = refine_with_clicks(features(img), m, np.array([[140, 100], [38, 58]], np.float32),
                              np.array([1, 0]), ref_size=400)  # fmt: skip
     assert out[m].mean() > 0.8  # the negative click removes its surroundings at most
+
+
+def _two_tone(h=200, w=260):
+    """A large red object with a patch of the background's own colours in it (a shadowed
+    part: only the earlier mask tells it from the background), its mask and the patch's."""
+    img, _ = _scene(h=h, w=w, x0=0, y0=0, size=0)
+    m = np.zeros((h, w), bool)
+    m[40:180, 40:220] = True
+    patch = np.zeros_like(m)
+    patch[92:120, 70:98] = True
+    img[m & ~patch] = (200, 40, 40)
+    return img, m, patch
+
+
+def test_a_negative_click_in_a_small_wrong_region_removes_only_that_region():
+    """The mask holds the object and a 12 px blob of background at its left edge; a negative
+    click at the blob's centre edits about the blob (its reach follows the click's distance
+    to the mask's boundary), not the background-coloured patch of the object 37 px away."""
+    img, m, patch = _two_tone()
+    prior = m.copy()
+    prior[100:112, 28:40] = True  # the wrong blob
+    out = refine_with_clicks(features(img), prior, np.array([[33, 106]], np.float32),
+                             np.array([0]), ref_size=180)  # fmt: skip
+    assert not out[100:112, 28:38].any()  # the blob went
+    inner = np.zeros_like(m)
+    inner[43:177, 43:217] = True  # inside the 2 px band along the boundary that may move
+    assert out[patch & inner].all()  # the background-coloured patch stayed, all of it
+    grown = cv2.dilate(prior.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert not (out & ~grown).any()  # a negative click adds nothing (beyond that band)
+
+
+def test_a_positive_click_only_adds_to_the_mask():
+    """A missed red part of the object: a positive click at its centre adds it and takes
+    nothing of the mask away (not the background-coloured patch 20 px from the click either)."""
+    img, m, patch = _two_tone()
+    prior = m.copy()
+    prior[90:130, 40:64] = False  # a red part at the left edge missed
+    out = refine_with_clicks(features(img), prior, np.array([[50, 110]], np.float32),
+                             np.array([1]), ref_size=180)  # fmt: skip
+    inner = np.zeros_like(m)
+    inner[43:177, 43:217] = True  # inside the 2 px band along the boundary that may move
+    assert out[prior & inner].all()
+    assert out[92:128, 42:62].all()  # the missed part joined
+    assert np.count_nonzero(out & ~m) < 0.01 * m.sum()

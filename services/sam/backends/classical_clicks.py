@@ -6,12 +6,19 @@ Usage:
     if is_lost(prior, points, labels, ref): m = redetect(feat, ref, points, labels, prior)
     out = grabcut_scaled(feat, gc, crop, iters=3, max_side=360)   # (H, W) bool
 
-A click corrects the mask NEAR it: pixels farther than a reach (a fraction of the object's
-size) from every click keep the earlier mask as sure object / sure background, pixels within
-the reach of a click (and a thin band along the earlier boundary) are re-decided by GrabCut,
-whose colour models learn from the whole surrounding object and background; the clicked
-pixels themselves are sure object (positive) / sure background (negative). So one click
-removes a wrong blob or adds a missed part without disturbing the rest of the mask.
+A click corrects the mask NEAR it, and only in its own direction: a positive click may only
+add pixels, a negative one only remove them. A click's reach is CLICK_REACH x its distance to
+the earlier mask's boundary (an annotator clicks at the centre of an error region, so that
+distance tells the region's size: a click in a sliver of background between two legs edits a
+few pixels, one in the middle of a missed half edits that half), at least REACH_MIN and at
+most a fraction of the object's size. Within a positive click's reach, pixels outside the
+earlier mask may join it; within a negative click's reach, pixels of the mask may leave it;
+a thin band along the earlier boundary may move either way; everything else keeps the
+earlier mask. GrabCut decides, its colour models learnt from the whole surrounding object
+and background; the clicked pixels themselves are sure object / sure background. So one
+click removes a wrong blob or adds a missed part without disturbing the rest of the mask
+(before, one reach for every click re-decided up to 160 px around both, and a negative click
+in a small wrong region could wipe half of a correct mask).
 
 When the mask lost the object (no mask, or a positive click far from it: is_lost), a local
 edit cannot help: redetect() finds the object again around the click, from the object's
@@ -28,6 +35,8 @@ from services.sam.backends.classical_ops import bbox, largest_components, pad_bo
 REACH_FRAC = 0.35  # reach of a click, fraction of the object's size (bbox side)
 REACH_MIN, REACH_MAX = 12, 160  # px
 EDGE_BAND = 2  # px each side of the earlier boundary that GrabCut may also move
+CLICK_REACH = 4.0  # a click edits up to this x its distance to the mask boundary (the annotator
+# clicks at the centre of an error region: that distance tells the region's size)
 
 
 def grabcut_scaled(
@@ -78,9 +87,10 @@ def refine_with_clicks(
     iters: int = 3,
     ref_size: int = 0,  # px: the object's size on its nearest keyframe (0: unknown)
 ) -> np.ndarray:
-    """Correct `prior` near the clicks (module docstring); a click's reach is a fraction of
-    the larger of the prior's and the keyframe object's size (a mask that missed half of
-    the object understates it). Returns (H, W) bool."""
+    """Correct `prior` near the clicks (module docstring); a click's reach is CLICK_REACH x
+    its distance to the prior's boundary, capped by a fraction of the larger of the prior's
+    and the keyframe object's size (a mask that missed half of the object understates it).
+    Returns (H, W) bool."""
     h, w = prior.shape
     b = bbox(prior)
     pos = [(int(x), int(y)) for (x, y), lb in zip(points, labels, strict=True) if lb == 1]
@@ -91,17 +101,26 @@ def refine_with_clicks(
             raise ValueError("add_prompt: only background clicks and no mask to correct")
     size = max(b[2] - b[0], b[3] - b[1], ref_size)
     reach = int(np.clip(REACH_FRAC * size, REACH_MIN, REACH_MAX))
-    near = np.zeros((h, w), np.uint8)
-    for x, y in points.astype(int):
-        cv2.circle(near, (int(x), int(y)), reach, 1, -1)
     pm = prior.astype(np.uint8)
     edge = cv2.dilate(pm, np.ones((3, 3), np.uint8), iterations=EDGE_BAND) != cv2.erode(
         pm, np.ones((3, 3), np.uint8), iterations=EDGE_BAND
     )
-    free = near.astype(bool) | edge
+    near_pos = np.zeros((h, w), np.uint8)
+    near_neg = np.zeros((h, w), np.uint8)
+    d_out = cv2.distanceTransform((~prior).astype(np.uint8), cv2.DIST_L2, 5)
+    d_in = cv2.distanceTransform(np.pad(pm, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    for (x, y), lb in zip(points.astype(int), labels, strict=True):
+        d = float((d_out if lb == 1 else d_in)[y, x]) if prior.any() else reach
+        r = int(np.clip(CLICK_REACH * d, REACH_MIN, reach))
+        cv2.circle(near_pos if lb == 1 else near_neg, (int(x), int(y)), r, 1, -1)
+    near = near_pos | near_neg
     gc = np.where(prior, cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)
-    gc[free & prior] = cv2.GC_PR_FGD
-    gc[free & ~prior] = cv2.GC_PR_BGD
+    # a positive click only adds near it, a negative one only removes: the rest of the mask,
+    # which the annotator did not mark as wrong, stays
+    gc[edge & prior] = cv2.GC_PR_FGD
+    gc[edge & ~prior] = cv2.GC_PR_BGD
+    gc[near_pos.astype(bool) & ~prior] = cv2.GC_PR_BGD
+    gc[near_neg.astype(bool) & prior] = cv2.GC_PR_FGD
     for (x, y), lb in zip(points.astype(int), labels, strict=True):
         cv2.circle(gc, (int(x), int(y)), seed_radius, cv2.GC_FGD if lb == 1 else cv2.GC_BGD, -1)
     region = b
