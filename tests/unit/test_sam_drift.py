@@ -38,13 +38,35 @@ def test_vanish_reappear_and_area_jumps_stand_out():
     assert s[7] >= 0.9 and 0.5 <= s[8] < 0.9  # the empty frame, then where it reappears
     assert s[13] == pytest.approx(1.0)  # 8x the area, on one frame
     assert 0.4 < s[12] < 0.6 and 0.4 < s[14] < 0.6  # its neighbours: half
-    calm = np.delete(np.arange(T), [6, 7, 8, 12, 13, 14, 0])
-    assert (s[calm] < 0.15).all(), s
+    assert (s[1:6] < 0.15).all(), s  # calm before anything happened
+    # calm after it, but carrying what happened since the keyframe: above the calm frames
+    # before, below the events themselves
+    assert (s[15:] > s[1:6].max()).all() and (s[15:] < 0.5).all(), s
     assert set(np.argsort(-s)[:2].tolist()) == {7, 13}
     step = track()
     step[10:, 0:30, 0:40] = True  # leaks at frame 10 and stays: a step, both sides half
     s = drift_scores(step, {0})
     assert 0.4 < s[9] < 0.6 and 0.4 < s[10] < 0.6 and s[12] < 0.15
+
+
+def test_change_piles_up_from_the_nearest_keyframe():
+    """A mask that changes by the same small amount on every frame (a square sliding 1 px per
+    frame, 60 frames): no frame stands out, the accumulated change grows with the distance
+    from the keyframe and restarts at each keyframe; a vanish still outranks it."""
+    n = 60
+    m = np.zeros((n, 16, 80), bool)
+    for t in range(n):
+        m[t, 3:13, 5 + t // 2 : 15 + t // 2] = True
+        m[t, 3:13, 5 + (t + 1) // 2 : 15 + (t + 1) // 2] = True  # 0.5 px/frame on average
+    s = drift_scores(m, {0})
+    assert (np.diff(s[20:]) >= 0).all() and int(np.argmax(s)) == n - 1
+    assert s[n - 1] > s[5] + 0.1  # far from the prompt: more suspicious than near it
+    two = drift_scores(m, {0, n - 1})  # a keyframe at the end too: the middle is the worst
+    assert two[n - 1] == 0 and abs(int(np.argmax(two)) - n // 2) <= 2
+    assert two[n // 2] < s[n - 1]
+    m[40] = False
+    s = drift_scores(m, {0})
+    assert int(np.argmax(s)) == 40 and s[40] >= 0.9 and (s < 0.9).sum() == n - 1
 
 
 def test_disagreement_with_the_other_pass_where_both_cover():
