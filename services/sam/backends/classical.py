@@ -100,9 +100,6 @@ class ClassicalBackend(SamBackend):
         flow_scale: float = 0.75,  # optical flow computed at this fraction of the resolution
         flow_preset: str = "medium",  # DIS preset: ultrafast | fast | medium
         flow_margin: float | None = 0.5,  # flow on the objects' box grown by this x its size
-        flow_check: bool = False,  # forward-backward check; inconsistent flow filled around
-        flow_tol: float = 1.0,  # px (flow scale) + 10% of the motion: consistent
-        flow_fill: int = 8,  # px (flow scale): radius the inconsistent flow is filled from
         band: int = 6,  # pixels inside the warped boundary that are re-decided each frame
         grow: int = 3,  # pixels outside it that may join the object each frame
         sigma: float = 2.5,  # px; how strongly the warped boundary outweighs colour
@@ -135,9 +132,6 @@ class ClassicalBackend(SamBackend):
         self.flow_scale = flow_scale
         self.flow_preset = flow_preset
         self.flow_margin = flow_margin
-        self.flow_check = flow_check
-        self.flow_tol = flow_tol
-        self.flow_fill = flow_fill
         self.band = band
         self.grow = grow
         self.non_overlap = non_overlap
@@ -337,8 +331,7 @@ class ClassicalBackend(SamBackend):
         step = 1 if d == "forward" else -1
         first, last = (lo, hi) if step == 1 else (hi, lo)
         w = st.frames.shape[2]
-        flow = Flow(self.flow_scale, PRESETS[self.flow_preset], self.flow_check, self.flow_tol,
-                    self.flow_fill)  # fmt: skip
+        flow = Flow(self.flow_scale, PRESETS[self.flow_preset])
         cur: dict[int, np.ndarray] = {}
         models: dict[int, ColourModel | None] = {}
         trackers: dict[int, ObjectTracker | None] = {}

@@ -99,24 +99,11 @@ def flow_roi(masks: list[np.ndarray], margin: float | None) -> tuple[int, int, i
 
 
 class Flow:
-    """Dense optical flow (OpenCV DIS) at a reduced scale, as remap maps at full scale.
-    With `fb_check`, the flow back (src -> dst) is computed too: where the two disagree
-    (occlusion, disocclusion, a thin occluder sweeping over the object) the flow is replaced
-    by the reliable flow around it (normalised box filter of radius fill_radius, small scale)."""
+    """Dense optical flow (OpenCV DIS) at a reduced scale, as remap maps at full scale."""
 
-    def __init__(
-        self,
-        scale: float = 0.5,
-        preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-        fb_check: bool = False,
-        fb_tol: float = 1.0,
-        fill_radius: int = 8,
-    ):
+    def __init__(self, scale: float = 0.5, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM):
         self.scale = scale
         self.dis = cv2.DISOpticalFlow_create(preset)
-        self.fb_check = fb_check
-        self.fb_tol = fb_tol
-        self.fill_radius = fill_radius
         self._grid: tuple[np.ndarray, np.ndarray] | None = None
 
     def maps(
@@ -137,8 +124,6 @@ class Flow:
         else:
             a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
         f = self.dis.calc(a, b, None)
-        if self.fb_check:
-            f = self._repair(f, self.dis.calc(b, a, None))
         if self.scale != 1.0:
             sh, sw = f.shape[:2]
             f = cv2.resize(f, (cw, ch), interpolation=cv2.INTER_LINEAR)
@@ -151,27 +136,6 @@ class Flow:
         mx[y0:y1, x0:x1] += f[..., 0]
         my[y0:y1, x0:x1] += f[..., 1]
         return mx, my
-
-    def _repair(self, f: np.ndarray, back: np.ndarray) -> np.ndarray:
-        """(h, w, 2) flow dst -> src, checked against `back` (src -> dst); returns it with
-        the inconsistent vectors replaced by the consistent ones around them."""
-        h, w = f.shape[:2]
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        bx = cv2.remap(back, gx + f[..., 0], gy + f[..., 1], cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        err = np.hypot(f[..., 0] + bx[..., 0], f[..., 1] + bx[..., 1])
-        mag = np.hypot(f[..., 0], f[..., 1])
-        ok = (err <= self.fb_tol + 0.1 * mag).astype(np.float32)
-        if ok.all() or not ok.any():
-            return f
-        k = (2 * self.fill_radius + 1,) * 2
-        wsum = cv2.boxFilter(ok, -1, k, normalize=False)
-        fill = cv2.boxFilter(f * ok[..., None], -1, k, normalize=False)
-        fill /= np.maximum(wsum, 1e-3)[..., None]
-        bad = (ok == 0) & (wsum > 0)
-        f = f.copy()
-        f[bad] = fill[bad]
-        return f
 
 
 @dataclass
