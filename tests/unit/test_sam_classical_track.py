@@ -13,6 +13,7 @@ from services.sam.backends.classical_ops import Flow, features, flow_roi
 from services.sam.backends.classical_track import (
     DEFAULTS,
     ObjectTracker,
+    drop_strays,
     fill_holes,
     guided_filter,
     keep_touching,
@@ -41,6 +42,18 @@ def test_fill_holes_and_keep_touching():
     core[4, 4] = True
     kept = keep_touching(blob, core)
     assert kept[4, 4] and not kept[16, 16]
+
+
+def test_drop_strays_keeps_near_pieces_and_large_ones():
+    m = np.zeros((60, 60), bool)
+    m[10:30, 10:30] = True  # the object: 400 px
+    m[10:30, 33:36] = True  # a piece 3 px away (cut by an occluder): kept
+    m[50:53, 50:53] = True  # a small far leak: dropped
+    out = drop_strays(m, 0.3, 8.0)
+    assert out[20, 34] and out[20, 20] and not out[51, 51]
+    m[40:60, 0:20] = True  # a far piece as large as the object: kept
+    assert drop_strays(m, 0.3, 8.0)[50, 10]
+    assert drop_strays(m, 0.0, 8.0)[51, 51]  # off
 
 
 def test_tracker_follows_a_moving_square():

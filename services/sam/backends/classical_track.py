@@ -20,7 +20,10 @@ Per frame, in a region around the object (all figures in pixels of the frame):
 3. decision: the object probability sigmoid(prior + colour_weight * colour log-odds) is
    smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
    image edges), thresholded at 0.5; small holes filled, components not touching the warped
-   core dropped;
+   core dropped, and so are strays: components under stray_area x the largest one's area
+   farther than max(stray_near, stray_near_frac x size) from it (a leak that split off the
+   object, e.g. a kite line's mask smeared over the sky at the image border; parts cut off
+   by an occluder lie closer);
 4. recovery (recover_frac): on a frame where the mask shrank (an occluder such as a pole or
    a tree trunk sweeping over the object wipes the part it passed: that part's pixels are
    then too far outside the warped mask to join again), components of strongly
@@ -215,6 +218,7 @@ class ObjectTracker:
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
         out = fill_holes(out.astype(bool), p["hole_frac"])
         out = keep_touching(out, core.astype(bool))
+        out = drop_strays(out, p["stray_area"], max(p["stray_near"], p["stray_near_frac"] * size))
         if rec > 0 and out.any() and out.sum() < p["recover_gate"] * prev.sum():
             out = self._recover(out, inband, feat_roi, (x0, y0), rec)
         full = np.zeros((h, w), bool)
@@ -271,6 +275,25 @@ def keep_touching(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
     return np.isin(lab, ids)
 
 
+def drop_strays(mask: np.ndarray, area_frac: float, near: float) -> np.ndarray:
+    """Drop components smaller than area_frac x the largest one that lie more than `near` px
+    from it (a leak that split off the object; pieces cut by an occluder stay near it)."""
+    if area_frac <= 0:
+        return mask
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    area = stats[:, cv2.CC_STAT_AREA]
+    main = 1 + int(np.argmax(area[1:]))
+    d = cv2.distanceTransform((lab != main).astype(np.uint8), cv2.DIST_L2, 3)
+    gap = np.full(n, np.inf, np.float32)
+    sel = lab > 0
+    np.minimum.at(gap, lab[sel], d[sel])
+    keep = (area >= area_frac * area[main]) | (gap <= near)
+    keep[0] = False
+    return keep[lab]
+
+
 @dataclass(frozen=True)
 class TrackOptions:
     """The local tracker's settings: the backend option `track` (a map of these keys),
@@ -293,6 +316,9 @@ class TrackOptions:
     recover_logit: float = 3.0  # ... whose colour log-odds are at least this
     recover_min: float = 0.01  # ... and whose area is at least this fraction of the mask's
     recover_gate: float = 0.98  # ... on frames where the mask shrank below this x the previous
+    stray_area: float = 0.3  # drop components under this x the largest one's area (0: off)
+    stray_near: float = 8.0  # ... that lie farther than this many px from it
+    stray_near_frac: float = 0.5  # ... or this x the object's size, whichever is more
     hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
     l_weight: float = 0.25  # tracker features: lightness weight (classical_ops.features)
     ab_gain: float = 2.0  # tracker features: chroma gain
