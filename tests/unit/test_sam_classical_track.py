@@ -17,6 +17,7 @@ from services.sam.backends.classical_track import (
     fill_holes,
     guided_filter,
     keep_touching,
+    motion_logit,
 )
 from tests.unit.classical_scene import iou, scene
 
@@ -54,6 +55,21 @@ def test_drop_strays_keeps_near_pieces_and_large_ones():
     m[40:60, 0:20] = True  # a far piece as large as the object: kept
     assert drop_strays(m, 0.3, 8.0)[50, 10]
     assert drop_strays(m, 0.0, 8.0)[51, 51]  # off
+
+
+def test_motion_logit_tells_object_motion_from_background_motion():
+    h, w = 60, 60
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sd = 20.0 - np.hypot(gx - 30, gy - 30)  # a disc of radius 20: > 0 inside
+    inside = sd > 0
+    mx = gx - np.where(inside, 5.0, 0.0)  # the object moved 5 px right, the background not
+    my = gy.copy()
+    ys, xs = np.array([30, 30, 30]), np.array([30, 58, 56])
+    mx[30, 56] = 56 - 5.0  # a pixel outside the disc moving like the object
+    r = motion_logit(mx, my, (0, 0), sd, ys, xs, band=10, grow=6)
+    assert r[0] > 0.9 and r[1] < -0.9 and r[2] > 0.9
+    still = motion_logit(gx, gy, (0, 0), sd, ys, xs, band=10, grow=6)
+    assert np.allclose(still, 0.0)  # one motion everywhere: no evidence
 
 
 def test_tracker_follows_a_moving_square():

@@ -17,14 +17,21 @@ Per frame, in a region around the object (all figures in pixels of the frame):
    3x3 tile neighbourhood, learnt on the previous frame's result) where a tile saw both
    object and background; local models tell a white swan from white water nearby, which a
    global one cannot;
-3. decision: the object probability sigmoid(prior + colour_weight * colour log-odds) is
+3. motion: the flow is fitted by an affine motion deep inside the warped mask (the
+   object's) and another on a ring outside the band (the background's); a band pixel whose
+   flow is like the object's scores up to +motion_weight, like the background's down to
+   -motion_weight (none where the two motions are under 2 px apart, faded out within 4 px
+   of the warped boundary, where the flow blurs the two): a leak onto background that moves
+   unlike the object is pulled back even where the colours agree (dancer vs audience, camel
+   vs a second camel, dog vs ground);
+4. decision: the object probability sigmoid(prior + colour + motion evidence) is
    smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
    image edges), thresholded at 0.5; small holes filled, components not touching the warped
    core dropped, and so are strays: components under stray_area x the largest one's area
    farther than max(stray_near, stray_near_frac x size) from it (a leak that split off the
    object, e.g. a kite line's mask smeared over the sky at the image border; parts cut off
    by an occluder lie closer);
-4. recovery (recover_frac): on a frame where the mask shrank (an occluder such as a pole or
+5. recovery (recover_frac): on a frame where the mask shrank (an occluder such as a pole or
    a tree trunk sweeping over the object wipes the part it passed: that part's pixels are
    then too far outside the warped mask to join again), components of strongly
    object-coloured pixels within recover_frac x the object's size of the mask are added back.
@@ -210,6 +217,10 @@ class ObjectTracker:
         feat_roi = feat[y0:y1, x0:x1]
         cl = self.colour_logit(feat_roi[ys, xs], ys + y0, xs + x0)
         score[ys, xs] += p["colour_weight"] * np.clip(cl, -6.0, 6.0)
+        if p["motion_weight"] > 0:
+            score[ys, xs] += p["motion_weight"] * motion_logit(
+                mx[y0:y1, x0:x1], my[y0:y1, x0:x1], (x0, y0), sd, ys, xs, band, grow
+            )
         prob = 1.0 / (1.0 + np.exp(-score))
         if p["gf_radius"] > 0:
             prob = guided_filter(lum[y0:y1, x0:x1], prob.astype(np.float32),
@@ -245,6 +256,39 @@ class ObjectTracker:
         big = stats[:, cv2.CC_STAT_AREA] >= p["recover_min"] * out.sum()
         big[0] = False
         return out | big[lab]
+
+
+def _fit_affine(px: np.ndarray, py: np.ndarray, u: np.ndarray, v: np.ndarray):
+    """Least-squares affine motion (u, v) ~ A @ (x, y, 1) of up to 2000 samples: (3, 2)."""
+    step = max(1, len(px) // 2000)
+    a = np.stack([px[::step], py[::step], np.ones_like(px[::step])], 1).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(a, np.stack([u[::step], v[::step]], 1), rcond=None)
+    return coef
+
+
+def motion_logit(mx, my, origin, sd, ys, xs, band, grow) -> np.ndarray:
+    """(n,) motion evidence for ROI pixels (ys, xs): +1 where the flow there matches the
+    object's motion (an affine fit on the flow deep inside the warped mask), -1 where it
+    matches the background's (a fit on a ring outside the band), scaled down to 0 where the
+    two motions are less than 2 px apart (nothing to tell)."""
+    h, w = sd.shape
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u = mx - (gx + origin[0])
+    v = my - (gy + origin[1])
+    inner = sd > min(band, 4)
+    ring = (sd < -grow - 2) & (sd >= -grow - 2 - max(8, band))
+    if inner.sum() < 20 or ring.sum() < 20:
+        return np.zeros(len(ys), np.float32)
+    ao = _fit_affine(gx[inner], gy[inner], u[inner], v[inner])
+    ab = _fit_affine(gx[ring], gy[ring], u[ring], v[ring])
+    a = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float64)
+    mo, mb = a @ ao, a @ ab  # (n, 2) predicted flows
+    f = np.stack([u[ys, xs], v[ys, xs]], 1)
+    sep2 = ((mo - mb) ** 2).sum(1)
+    r = (((f - mb) ** 2).sum(1) - ((f - mo) ** 2).sum(1)) / np.maximum(sep2, 1e-6)
+    conf = np.clip((np.sqrt(sep2) - 1.0) / 2.0, 0.0, 1.0)
+    conf *= np.clip((np.abs(sd[ys, xs]) - 1.0) / 3.0, 0.0, 1.0)  # flow blurs the boundary
+    return (np.clip(r, -1.0, 1.0) * conf).astype(np.float32)
 
 
 def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
@@ -319,6 +363,8 @@ class TrackOptions:
     stray_area: float = 0.3  # drop components under this x the largest one's area (0: off)
     stray_near: float = 8.0  # ... that lie farther than this many px from it
     stray_near_frac: float = 0.5  # ... or this x the object's size, whichever is more
+    motion_weight: float = 2.0  # weight of the motion evidence (flow like the object's or the
+    # background's) in the band (0: off)
     hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
     l_weight: float = 0.25  # tracker features: lightness weight (classical_ops.features)
     ab_gain: float = 2.0  # tracker features: chroma gain
