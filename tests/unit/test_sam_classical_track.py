@@ -13,6 +13,7 @@ from services.sam.backends.classical_ops import Flow, features, flow_roi
 from services.sam.backends.classical_track import (
     DEFAULTS,
     ObjectTracker,
+    beyond,
     drop_strays,
     fill_holes,
     guided_filter,
@@ -70,6 +71,12 @@ def test_motion_logit_tells_object_motion_from_background_motion():
     assert r[0] > 0.9 and r[1] < -0.9 and r[2] > 0.9
     still = motion_logit(gx, gy, (0, 0), sd, ys, xs, band=10, grow=6)
     assert np.allclose(still, 0.0)  # one motion everywhere: no evidence
+
+
+def test_beyond_marks_sources_outside_the_frame():
+    mx = np.array([[-2.0, 0.0, 5.0, 10.5]], np.float32)
+    my = np.zeros_like(mx)
+    assert beyond(mx, my, 10, 1, 1.0).tolist() == [[True, False, False, True]]
 
 
 def test_tracker_follows_a_moving_square():

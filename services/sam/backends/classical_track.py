@@ -24,6 +24,10 @@ Per frame, in a region around the object (all figures in pixels of the frame):
    of the warped boundary, where the flow blurs the two): a leak onto background that moves
    unlike the object is pulled back even where the colours agree (dancer vs audience, camel
    vs a second camel, dog vs ground);
+   The mask the warp brings in from beyond the image edge (an object entering the picture;
+   or leaving it, as the camera pans: then the border's mask would smear over the
+   background coming in) joins the band with its prior capped at edge_prior (0: colour
+   and motion decide);
 4. decision: the object probability sigmoid(prior + colour + motion evidence) is
    smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
    image edges), thresholded at 0.5; small holes filled, components not touching the warped
@@ -212,6 +216,10 @@ class ObjectTracker:
         sd = d_in - d_out  # > 0 inside the warped mask
         inband = (sd <= band) & (sd >= -grow)
         prior = np.clip(sd / p["sigma"], -p["prior_clip"], p["prior_clip"])
+        if p["edge_prior"] is not None:  # mask extrapolated from beyond the image edge
+            ext = core.astype(bool) & beyond(mx[y0:y1, x0:x1], my[y0:y1, x0:x1], w, h, 1.0)
+            inband |= ext
+            prior[ext] = np.minimum(prior[ext], p["edge_prior"])
         score = prior.copy()
         ys, xs = np.nonzero(inband)
         feat_roi = feat[y0:y1, x0:x1]
@@ -256,6 +264,11 @@ class ObjectTracker:
         big = stats[:, cv2.CC_STAT_AREA] >= p["recover_min"] * out.sum()
         big[0] = False
         return out | big[lab]
+
+
+def beyond(mx: np.ndarray, my: np.ndarray, w: int, h: int, margin: float) -> np.ndarray:
+    """Pixels whose source position (mx, my) lies more than margin px outside a w x h frame."""
+    return (mx < -margin) | (my < -margin) | (mx > w - 1 + margin) | (my > h - 1 + margin)
 
 
 def _fit_affine(px: np.ndarray, py: np.ndarray, u: np.ndarray, v: np.ndarray):
@@ -365,6 +378,8 @@ class TrackOptions:
     stray_near_frac: float = 0.5  # ... or this x the object's size, whichever is more
     motion_weight: float = 2.0  # weight of the motion evidence (flow like the object's or the
     # background's) in the band (0: off)
+    edge_prior: float | None = 0.0  # prior log-odds (at most) of the mask the warp brings
+    # in from beyond the image edge, re-decided like the band (None: kept as warped)
     hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
     l_weight: float = 0.25  # tracker features: lightness weight (classical_ops.features)
     ab_gain: float = 2.0  # tracker features: chroma gain
