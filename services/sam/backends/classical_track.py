@@ -23,7 +23,9 @@ Per frame, in a region around the object (all figures in pixels of the frame):
    -motion_weight (none where the two motions are under 2 px apart, faded out within 4 px
    of the warped boundary, where the flow blurs the two): a leak onto background that moves
    unlike the object is pulled back even where the colours agree (dancer vs audience, camel
-   vs a second camel, dog vs ground);
+   vs a second camel, dog vs ground). Pixels deeper inside than the band whose evidence is
+   at most -motion_gate (moving like the background: a leak left on it) are re-decided too,
+   their prior capped at motion_prior;
    The mask the warp brings in from beyond the image edge (an object entering the picture;
    or leaving it, as the camera pans: then the border's mask would smear over the
    background coming in) joins the band with its prior capped at edge_prior (0: colour
@@ -220,15 +222,24 @@ class ObjectTracker:
             ext = core.astype(bool) & beyond(mx[y0:y1, x0:x1], my[y0:y1, x0:x1], w, h, 1.0)
             inband |= ext
             prior[ext] = np.minimum(prior[ext], p["edge_prior"])
+        mot = None
+        if p["motion_weight"] > 0:  # (h, w) motion evidence on the warped mask and band
+            mot = np.zeros(sd.shape, np.float32)
+            my_, mx_ = np.nonzero(sd >= -grow)
+            mot[my_, mx_] = motion_logit(
+                mx[y0:y1, x0:x1], my[y0:y1, x0:x1], (x0, y0), sd, my_, mx_, band, grow
+            )
+            if p["motion_prior"] is not None:  # deep inside but moving like the background
+                bgm = (sd > band) & (mot <= -p["motion_gate"])
+                inband |= bgm
+                prior[bgm] = np.minimum(prior[bgm], p["motion_prior"])
         score = prior.copy()
         ys, xs = np.nonzero(inband)
         feat_roi = feat[y0:y1, x0:x1]
         cl = self.colour_logit(feat_roi[ys, xs], ys + y0, xs + x0)
         score[ys, xs] += p["colour_weight"] * np.clip(cl, -6.0, 6.0)
-        if p["motion_weight"] > 0:
-            score[ys, xs] += p["motion_weight"] * motion_logit(
-                mx[y0:y1, x0:x1], my[y0:y1, x0:x1], (x0, y0), sd, ys, xs, band, grow
-            )
+        if mot is not None:
+            score[ys, xs] += p["motion_weight"] * mot[ys, xs]
         prob = 1.0 / (1.0 + np.exp(-score))
         if p["gf_radius"] > 0:
             prob = guided_filter(lum[y0:y1, x0:x1], prob.astype(np.float32),
@@ -378,6 +389,9 @@ class TrackOptions:
     stray_near_frac: float = 0.5  # ... or this x the object's size, whichever is more
     motion_weight: float = 2.0  # weight of the motion evidence (flow like the object's or the
     # background's) in the band (0: off)
+    motion_prior: float | None = 0.0  # prior log-odds (at most) of pixels deeper than the
+    # band whose motion evidence is <= -motion_gate: re-decided like the band (None: kept)
+    motion_gate: float = 0.5
     edge_prior: float | None = 0.0  # prior log-odds (at most) of the mask the warp brings
     # in from beyond the image edge, re-decided like the band (None: kept as warped)
     hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
