@@ -19,6 +19,7 @@ from services.sam.backends.classical_track import (
     guided_filter,
     keep_touching,
     motion_logit,
+    warp_affine,
 )
 from tests.unit.classical_scene import iou, scene
 
@@ -77,6 +78,33 @@ def test_beyond_marks_sources_outside_the_frame():
     mx = np.array([[-2.0, 0.0, 5.0, 10.5]], np.float32)
     my = np.zeros_like(mx)
     assert beyond(mx, my, 10, 1, 1.0).tolist() == [[True, False, False, True]]
+
+
+def test_warp_affine_moves_a_mask_like_the_flow():
+    m = np.zeros((20, 20), bool)
+    m[5:10, 5:10] = True
+    fit = np.array([[0.0, 0.0], [0.0, 0.0], [-3.0, 0.0]])  # each pixel comes from 3 px left
+    out = warp_affine(m, fit)
+    assert out[5:10, 8:13].all() and out.sum() == m.sum()
+
+
+def test_tracker_carries_the_whole_object_while_part_is_hidden():
+    m = np.zeros((40, 60), bool)
+    m[10:30, 10:30] = True
+    tr = ObjectTracker.start(np.zeros((40, 60, 3), np.uint8), m, DEFAULTS)
+    tr.amodal = m
+    shift = np.zeros((3, 2))
+    shift[2] = (-2.0, 0.0)  # the object moves 2 px right a frame
+    visible = np.zeros_like(m)
+    visible[10:30, 12:22] = True  # half of it behind an occluder
+    tr._carry(visible, shift, (0, 0, 60, 40), sep=True)
+    assert tr.hidden == 1 and tr.amodal[10:30, 12:32].all() and tr.amodal.sum() == 400
+    whole = np.zeros_like(m)
+    whole[10:30, 14:34] = True  # out again: the visible mask is the whole object
+    tr._carry(whole, shift, (0, 0, 60, 40), sep=True)
+    assert tr.hidden == 0 and (tr.amodal == whole).all()
+    tr._carry(visible, shift, (0, 0, 60, 40), sep=False)  # moves like the background
+    assert tr.hidden == 0 and (tr.amodal == visible).all()
 
 
 def test_tracker_follows_a_moving_square():

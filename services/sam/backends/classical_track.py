@@ -1,5 +1,6 @@
 """The classical backend's per-object tracker: optical-flow warping, then a per-pixel decision
-from a shape prior, local + global colour models and an edge-aware (guided) filter.
+from a shape prior, colour models, motion evidence and an edge-aware (guided) filter, with
+occluded parts carried by the object's motion.
 numpy + OpenCV only, deterministic.
 
 Usage:
@@ -10,37 +11,41 @@ Per frame, in a region around the object (all figures in pixels of the frame):
 1. shape prior: the previous mask warped by the dense flow (mx, my: for each pixel of this
    frame, its position in the previous one); its signed distance sd to the warped boundary
    gives a prior log-odds sd / sigma, clipped, and only pixels within a band around that
-   boundary (its width grows with the object's size and the flow's local spread) may change;
+   boundary (band px inside, grow px outside; wider for larger objects with band_frac,
+   grow_frac) may change. The mask the warp brings in from beyond the image edge (an object
+   entering the picture; or leaving it as the camera pans: then the border's mask would
+   smear over the background coming in) joins the band, its prior capped at edge_prior;
 2. colour: P(object | colour) from histograms over quantised shading-robust features
-   (classical_ops.features): a global model = the keyframe's model (fixed: no drift) blended
-   with a slowly adapted one, and local models per image tile (each tile pooled with its
-   3x3 tile neighbourhood, learnt on the previous frame's result) where a tile saw both
-   object and background; local models tell a white swan from white water nearby, which a
-   global one cannot;
+   (classical_ops.features): a global model adapted slowly (colour_rate), optionally
+   blended with the keyframe's fixed model (key_weight) and with local models per image
+   tile (local_weight; each tile pooled with its 3x3 tile neighbourhood, learnt on the
+   previous frame's result, used where a tile saw both object and background);
 3. motion: the flow is fitted by an affine motion deep inside the warped mask (the
-   object's) and another on a ring outside the band (the background's); a band pixel whose
-   flow is like the object's scores up to +motion_weight, like the background's down to
+   object's) and another on a ring outside the band (the background's); a pixel whose flow
+   is like the object's scores up to +motion_weight, like the background's down to
    -motion_weight (none where the two motions are under 2 px apart, faded out within 4 px
    of the warped boundary, where the flow blurs the two): a leak onto background that moves
    unlike the object is pulled back even where the colours agree (dancer vs audience, camel
-   vs a second camel, dog vs ground). Pixels deeper inside than the band whose evidence is
-   at most -motion_gate (moving like the background: a leak left on it) are re-decided too,
-   their prior capped at motion_prior;
-   The mask the warp brings in from beyond the image edge (an object entering the picture;
-   or leaving it, as the camera pans: then the border's mask would smear over the
-   background coming in) joins the band with its prior capped at edge_prior (0: colour
-   and motion decide);
-4. decision: the object probability sigmoid(prior + colour + motion evidence) is
+   vs a second camel). Pixels deeper inside than the band whose evidence is at most
+   -motion_gate (a leak left on the background) are re-decided too, their prior capped at
+   motion_prior;
+4. occlusion: while the visible mask has under amodal_gate x the area of the whole object
+   (an occluder such as a tree trunk hides part of it) and the object moves unlike the
+   background, the whole object's mask is carried by the object's median motion (for at
+   most amodal_frames frames); its parts outside the band whose motion evidence is at
+   least amodal_motion are decided like the band with prior amodal_prior, so the part that
+   comes out on the far side of the occluder is taken again;
+5. decision: the object probability sigmoid(prior + colour + motion evidence) is
    smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
-   image edges), thresholded at 0.5; small holes filled, components not touching the warped
-   core dropped, and so are strays: components under stray_area x the largest one's area
-   farther than max(stray_near, stray_near_frac x size) from it (a leak that split off the
-   object, e.g. a kite line's mask smeared over the sky at the image border; parts cut off
-   by an occluder lie closer);
-5. recovery (recover_frac): on a frame where the mask shrank (an occluder such as a pole or
-   a tree trunk sweeping over the object wipes the part it passed: that part's pixels are
-   then too far outside the warped mask to join again), components of strongly
-   object-coloured pixels within recover_frac x the object's size of the mask are added back.
+   image edges), thresholded at 0.5; small holes filled, components touching neither the
+   warped core nor the carried occluded parts dropped, and so are strays: components under
+   stray_area x the largest one's area farther than max(stray_near, stray_near_frac x size)
+   from it (a leak that split off the object, e.g. a kite line's mask smeared over the sky
+   at the image border; parts cut off by an occluder lie closer);
+6. recovery (recover_frac): on a frame where the mask shrank (an occluder sweeping over the
+   object wipes the part it passed: that part's pixels are then too far outside the warped
+   mask to join again), components of strongly object-coloured pixels within recover_frac
+   x the object's size of the mask are added back.
 """
 
 from __future__ import annotations
@@ -128,6 +133,8 @@ class ObjectTracker:
         self.run = key  # adapted global model
         self.local: tuple | None = None  # (fg, bg, counts...) learnt on the last frame
         self.p = params
+        self.amodal: np.ndarray | None = None  # (H, W) bool: the whole object, occluded parts
+        self.hidden = 0  # ... carried this many frames by the object's motion
 
     @classmethod
     def start(cls, feat: np.ndarray, mask: np.ndarray, params: dict) -> ObjectTracker:
@@ -200,6 +207,11 @@ class ObjectTracker:
         if b is None:
             return Tracked(prev.copy())
         size = max(b[2] - b[0], b[3] - b[1])
+        if self.amodal is None or self.amodal.shape != prev.shape or p["amodal_prior"] is None:
+            self.amodal, self.hidden = prev, 0
+        ba = bbox(self.amodal)  # the region covers the occluded parts too
+        if ba is not None:
+            b = (min(b[0], ba[0]), min(b[1], ba[1]), max(b[2], ba[2]), max(b[3], ba[3]))
         band = int(np.clip(p["band_frac"] * size, p["band"], p["band_max"]))
         grow = int(np.clip(p["grow_frac"] * size, p["grow"], p["band_max"]))
         x0, y0, x1, y1 = pad_box(b, band + 2, h, w)
@@ -222,13 +234,21 @@ class ObjectTracker:
             ext = core.astype(bool) & beyond(mx[y0:y1, x0:x1], my[y0:y1, x0:x1], w, h, 1.0)
             inband |= ext
             prior[ext] = np.minimum(prior[ext], p["edge_prior"])
-        mot = None
+        mot, fit, hid = None, None, None
         if p["motion_weight"] > 0:  # (h, w) motion evidence on the warped mask and band
+            mxr, myr = mx[y0:y1, x0:x1], my[y0:y1, x0:x1]
+            fit = motion_fits(mxr, myr, (x0, y0), sd, band, grow)
             mot = np.zeros(sd.shape, np.float32)
             my_, mx_ = np.nonzero(sd >= -grow)
-            mot[my_, mx_] = motion_logit(
-                mx[y0:y1, x0:x1], my[y0:y1, x0:x1], (x0, y0), sd, my_, mx_, band, grow
-            )
+            mot[my_, mx_] = motion_evidence(mxr, myr, (x0, y0), sd, my_, mx_, fit)
+            if fit and self.hidden > 0 and _apart(fit[2:], sd > 0, p["amodal_sep"]):
+                # occluded parts, moved like the object (which moves unlike the background)
+                hid = warp_affine(self.amodal[y0:y1, x0:x1], fit[2]) & (sd < -grow)
+                hy, hx = np.nonzero(hid)
+                mot[hy, hx] = motion_evidence(mxr, myr, (x0, y0), sd, hy, hx, fit)
+                hid &= mot >= p["amodal_motion"]  # seen again: moving like the object
+                inband |= hid
+                prior[hid] = p["amodal_prior"]
             if p["motion_prior"] is not None:  # deep inside but moving like the background
                 bgm = (sd > band) & (mot <= -p["motion_gate"])
                 inband |= bgm
@@ -247,13 +267,34 @@ class ObjectTracker:
         out = np.where(inband, prob > 0.5, core.astype(bool))
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
         out = fill_holes(out.astype(bool), p["hole_frac"])
-        out = keep_touching(out, core.astype(bool))
+        out = keep_touching(out, core.astype(bool) if hid is None else core.astype(bool) | hid)
         out = drop_strays(out, p["stray_area"], max(p["stray_near"], p["stray_near_frac"] * size))
         if rec > 0 and out.any() and out.sum() < p["recover_gate"] * prev.sum():
             out = self._recover(out, inband, feat_roi, (x0, y0), rec)
         full = np.zeros((h, w), bool)
         full[y0:y1, x0:x1] = out
+        sep = bool(fit) and _apart(fit[2:], core.astype(bool), p["amodal_sep"])
+        self._carry(full, fit[2] if fit else None, (x0, y0, x1, y1), sep)
         return Tracked(full, sd, (x0, y0, x1, y1))
+
+    def _carry(self, full: np.ndarray, fit, roi, sep: bool) -> None:
+        """Update the whole-object mask: the visible mask when it has (nearly) the whole
+        object's area, else the whole object moved by the object's motion `fit` (3, 2) (a
+        translation, flow convention, on roi)
+        joined with the visible mask, for at most amodal_frames frames, while the object
+        moves unlike the background (`sep`: else the flow carries it)."""
+        p = self.p
+        if p["amodal_prior"] is None or fit is None or not full.any() or not sep:
+            self.amodal, self.hidden = full, 0
+            return
+        x0, y0, x1, y1 = roi
+        moved = np.zeros_like(full)
+        moved[y0:y1, x0:x1] = warp_affine(self.amodal[y0:y1, x0:x1], fit)
+        whole = moved | full
+        if full.sum() >= p["amodal_gate"] * whole.sum() or self.hidden >= p["amodal_frames"]:
+            self.amodal, self.hidden = full, 0
+        else:
+            self.amodal, self.hidden = whole, self.hidden + 1
 
     def _recover(self, out, done, feat_roi, origin, dist):
         """Add back object-coloured parts cut off from the mask (an occluder swept over it):
@@ -282,37 +323,79 @@ def beyond(mx: np.ndarray, my: np.ndarray, w: int, h: int, margin: float) -> np.
     return (mx < -margin) | (my < -margin) | (mx > w - 1 + margin) | (my > h - 1 + margin)
 
 
-def _fit_affine(px: np.ndarray, py: np.ndarray, u: np.ndarray, v: np.ndarray):
-    """Least-squares affine motion (u, v) ~ A @ (x, y, 1) of up to 2000 samples: (3, 2)."""
-    step = max(1, len(px) // 2000)
-    a = np.stack([px[::step], py[::step], np.ones_like(px[::step])], 1).astype(np.float64)
-    coef, *_ = np.linalg.lstsq(a, np.stack([u[::step], v[::step]], 1), rcond=None)
-    return coef
+def warp_affine(mask: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """(h, w) bool mask moved by the motion `fit` (3, 2): pixel (x, y) of the result takes
+    the mask at (x, y) + (x, y, 1) @ fit (this frame -> previous frame, like the flow)."""
+    m = np.array([[1 + fit[0, 0], fit[1, 0], fit[2, 0]],
+                  [fit[0, 1], 1 + fit[1, 1], fit[2, 1]]], np.float64)  # fmt: skip
+    h, w = mask.shape
+    out = cv2.warpAffine(mask.astype(np.uint8), m, (w, h),
+                         flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)  # fmt: skip
+    return out.astype(bool)
+
+
+def _apart(fit: list, where: np.ndarray, sep: float) -> bool:
+    """Whether the object's and the background's motions (fit[0], fit[1]) differ by more
+    than sep px at the centre of `where` (ROI bool)."""
+    ys, xs = np.nonzero(where)
+    if len(ys) == 0:
+        return False
+    c = np.array([xs.mean(), ys.mean(), 1.0])
+    return float(np.hypot(*(c @ fit[0] - c @ fit[1]))) > sep
+
+
+def motion_fits(mx, my, origin, sd, band, grow) -> tuple | None:
+    """The object's and the background's motions on an ROI (flow maps mx, my of the ROI at
+    `origin`, signed distance sd to the warped boundary), from the flow deep inside the
+    warped mask and on a ring outside the band: (object affine, background affine, object
+    median translation, background median translation), (3, 2) each, flow (u, v) = (x, y,
+    1) @ fit in ROI coordinates; None when either region has under 20 pixels."""
+    fits = []
+    for sel in (sd > min(band, 4), (sd < -grow - 2) & (sd >= -grow - 2 - max(8, band))):
+        ys, xs = np.nonzero(sel)
+        if len(ys) < 20:
+            return None
+        step = max(1, len(ys) // 2000)
+        ys, xs = ys[::step], xs[::step]
+        u = mx[ys, xs] - (xs + origin[0]).astype(np.float32)
+        v = my[ys, xs] - (ys + origin[1]).astype(np.float32)
+        a = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float64)
+        f = np.stack([u, v], 1).astype(np.float64)
+        coef, *_ = np.linalg.lstsq(a, f, rcond=None)
+        fits.append(coef)
+        shift = np.zeros((3, 2))
+        shift[2] = np.median(f, 0)  # the median motion, a translation
+        fits.append(shift)
+    return fits[0], fits[2], fits[1], fits[3]
+
+
+def motion_evidence(mx, my, origin, sd, ys, xs, fits) -> np.ndarray:
+    """(n,) motion evidence for ROI pixels (ys, xs) given motion_fits: +1 where the flow
+    there matches the object's motion, -1 where it matches the background's, scaled down to
+    0 where the two motions are less than 2 px apart (nothing to tell) and within 4 px of
+    the warped boundary (the flow blurs the two there)."""
+    if fits is None or len(ys) == 0:
+        return np.zeros(len(ys), np.float32)
+    x, y = xs.astype(np.float32), ys.astype(np.float32)
+    u = mx[ys, xs] - (x + origin[0])
+    v = my[ys, xs] - (y + origin[1])
+    (ao, ab) = (f.astype(np.float32) for f in fits[:2])
+    d = ao - ab  # the difference of the two motions, affine too
+    su = d[0, 0] * x + d[1, 0] * y + d[2, 0]
+    sv = d[0, 1] * x + d[1, 1] * y + d[2, 1]
+    eu = u - (ab[0, 0] * x + ab[1, 0] * y + ab[2, 0])  # flow minus the background's
+    ev = v - (ab[0, 1] * x + ab[1, 1] * y + ab[2, 1])
+    sep2 = su * su + sv * sv
+    # (|f - b|^2 - |f - o|^2) / |o - b|^2 with f - o = e - s
+    r = (2 * (eu * su + ev * sv) - sep2) / np.maximum(sep2, 1e-6)
+    conf = np.clip((np.sqrt(sep2) - 1.0) / 2.0, 0.0, 1.0)
+    conf *= np.clip((np.abs(sd[ys, xs]) - 1.0) / 3.0, 0.0, 1.0)
+    return np.clip(r, -1.0, 1.0) * conf
 
 
 def motion_logit(mx, my, origin, sd, ys, xs, band, grow) -> np.ndarray:
-    """(n,) motion evidence for ROI pixels (ys, xs): +1 where the flow there matches the
-    object's motion (an affine fit on the flow deep inside the warped mask), -1 where it
-    matches the background's (a fit on a ring outside the band), scaled down to 0 where the
-    two motions are less than 2 px apart (nothing to tell)."""
-    h, w = sd.shape
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-    u = mx - (gx + origin[0])
-    v = my - (gy + origin[1])
-    inner = sd > min(band, 4)
-    ring = (sd < -grow - 2) & (sd >= -grow - 2 - max(8, band))
-    if inner.sum() < 20 or ring.sum() < 20:
-        return np.zeros(len(ys), np.float32)
-    ao = _fit_affine(gx[inner], gy[inner], u[inner], v[inner])
-    ab = _fit_affine(gx[ring], gy[ring], u[ring], v[ring])
-    a = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float64)
-    mo, mb = a @ ao, a @ ab  # (n, 2) predicted flows
-    f = np.stack([u[ys, xs], v[ys, xs]], 1)
-    sep2 = ((mo - mb) ** 2).sum(1)
-    r = (((f - mb) ** 2).sum(1) - ((f - mo) ** 2).sum(1)) / np.maximum(sep2, 1e-6)
-    conf = np.clip((np.sqrt(sep2) - 1.0) / 2.0, 0.0, 1.0)
-    conf *= np.clip((np.abs(sd[ys, xs]) - 1.0) / 3.0, 0.0, 1.0)  # flow blurs the boundary
-    return (np.clip(r, -1.0, 1.0) * conf).astype(np.float32)
+    """motion_evidence of pixels (ys, xs) with the motions fitted on this ROI."""
+    return motion_evidence(mx, my, origin, sd, ys, xs, motion_fits(mx, my, origin, sd, band, grow))
 
 
 def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
@@ -392,6 +475,12 @@ class TrackOptions:
     motion_prior: float | None = 0.0  # prior log-odds (at most) of pixels deeper than the
     # band whose motion evidence is <= -motion_gate: re-decided like the band (None: kept)
     motion_gate: float = 0.5
+    amodal_prior: float | None = 0.0  # prior log-odds of the object's occluded parts (carried
+    # by its motion while the visible mask is under amodal_gate x the whole; None: off)
+    amodal_gate: float = 0.85
+    amodal_frames: int = 15
+    amodal_motion: float = 0.0  # ... where the motion evidence is at least this
+    amodal_sep: float = 2.0  # px: ... only while the object moves this much unlike the background
     edge_prior: float | None = 0.0  # prior log-odds (at most) of the mask the warp brings
     # in from beyond the image edge, re-decided like the band (None: kept as warped)
     hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
