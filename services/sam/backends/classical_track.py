@@ -242,8 +242,8 @@ class ObjectTracker:
             mxr, myr = mx[y0:y1, x0:x1], my[y0:y1, x0:x1]
             fit = motion_fits(mxr, myr, (x0, y0), sd, band, grow)
             mot = np.zeros(sd.shape, np.float32)
-            my_, mx_ = np.nonzero(sd >= -grow)
-            mot[my_, mx_] = motion_evidence(mxr, myr, (x0, y0), sd, my_, mx_, fit)
+            iy, ix = np.nonzero(sd >= -grow)
+            mot[iy, ix] = motion_evidence(mxr, myr, (x0, y0), sd, iy, ix, fit)
             if fit and self.hidden > 0 and _apart(fit[2:], sd > 0, p["amodal_sep"]):
                 # occluded parts, moved like the object (which moves unlike the background)
                 hid = warp_affine(self.amodal[y0:y1, x0:x1], fit[2]) & (sd < -grow)
@@ -283,11 +283,11 @@ class ObjectTracker:
         return Tracked(full, sd, (x0, y0, x1, y1))
 
     def _carry(self, full: np.ndarray, fit, roi, sep: bool) -> None:
-        """Update the whole-object mask: the visible mask when it has (nearly) the whole
-        object's area, else the whole object moved by the object's motion `fit` (3, 2) (a
-        translation, flow convention, on roi)
-        joined with the visible mask, for at most amodal_frames frames, while the object
-        moves unlike the background (`sep`: else the flow carries it)."""
+        """Update the whole-object mask: the visible mask `full` when it has (nearly) the
+        whole object's area, else the whole object moved by the object's motion `fit` (3, 2)
+        (a translation, flow convention, on roi) joined with the visible mask, for at most
+        amodal_frames frames, while the object moves unlike the background (`sep`; else the
+        flow carries the mask as it is)."""
         p = self.p
         if p["amodal_prior"] is None or fit is None or not full.any() or not sep:
             self.amodal, self.hidden = full, 0
@@ -486,16 +486,16 @@ class TrackOptions:
     stray_area: float = 0.3  # drop components under this x the largest one's area (0: off)
     stray_near: float = 8.0  # ... that lie farther than this many px from it
     stray_near_frac: float = 0.5  # ... or this x the object's size, whichever is more
-    stray_motion: float = -0.2  # ... and components but the largest with a mean motion
-    # evidence under this (moving like the background) farther than max(stray_near,
-    stray_far_frac: float = 0.1  # this x the object's size) from the largest one
+    stray_motion: float = -0.2  # drop components with a mean motion evidence under this
+    stray_far_frac: float = 0.1  # ... farther than max(stray_near, this x size) from the largest
     motion_weight: float = 2.0  # weight of the motion evidence (flow like the object's or the
     # background's) in the band (0: off)
     motion_prior: float | None = 0.0  # prior log-odds (at most) of pixels deeper than the
     # band whose motion evidence is <= -motion_gate: re-decided like the band (None: kept)
     motion_gate: float = 0.5
     amodal_prior: float | None = 0.0  # prior log-odds of the object's occluded parts (carried
-    # by its motion while the visible mask is under amodal_gate x the whole; None: off)
+    # by its motion while the visible mask is under amodal_gate x the whole; None: off; needs
+    # motion_weight > 0)
     amodal_gate: float = 0.85
     amodal_frames: int = 15
     amodal_motion: float = 0.0  # ... where the motion evidence is at least this
