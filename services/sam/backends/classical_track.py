@@ -41,10 +41,7 @@ Per frame, in a region around the object (all figures in pixels of the frame):
    warped core nor the carried occluded parts dropped, and so are strays: components under
    stray_area x the largest one's area farther than max(stray_near, stray_near_frac x size)
    from it (a leak that split off the object, e.g. a kite line's mask smeared over the sky
-   at the image border; parts cut off by an occluder lie closer), and components farther
-   than max(stray_near, stray_far_frac x size) from it whose mean motion evidence is under
-   stray_motion (a second camel the mask took while passing it, the audience behind a
-   dancer; legs and feet, which may stand still on the ground, stay near the body);
+   at the image border; parts cut off by an occluder lie closer);
 6. recovery (recover_frac): on a frame where the mask shrank (an occluder sweeping over the
    object wipes the part it passed: that part's pixels are then too far outside the warped
    mask to join again), components of strongly object-coloured pixels within recover_frac
@@ -271,9 +268,7 @@ class ObjectTracker:
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
         out = fill_holes(out.astype(bool), p["hole_frac"])
         out = keep_touching(out, core.astype(bool) if hid is None else core.astype(bool) | hid)
-        near = max(p["stray_near"], p["stray_near_frac"] * size)
-        far = max(p["stray_near"], p["stray_far_frac"] * size)
-        out = drop_strays(out, p["stray_area"], near, mot, p["stray_motion"], far)
+        out = drop_strays(out, p["stray_area"], max(p["stray_near"], p["stray_near_frac"] * size))
         if rec > 0 and out.any() and out.sum() < p["recover_gate"] * prev.sum():
             out = self._recover(out, inband, feat_roi, (x0, y0), rec)
         full = np.zeros((h, w), bool)
@@ -431,17 +426,9 @@ def keep_touching(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
     return np.isin(lab, ids)
 
 
-def drop_strays(
-    mask: np.ndarray,
-    area_frac: float,
-    near: float,
-    evidence: np.ndarray | None = None,
-    floor: float = -np.inf,
-    far: float = 0.0,
-) -> np.ndarray:
+def drop_strays(mask: np.ndarray, area_frac: float, near: float) -> np.ndarray:
     """Drop components smaller than area_frac x the largest one that lie more than `near` px
-    from it (a leak that split off the object; pieces cut by an occluder stay near it), and
-    components farther than `far` px from it whose mean `evidence` (h, w) is below `floor`."""
+    from it (a leak that split off the object; pieces cut by an occluder stay near it)."""
     if area_frac <= 0:
         return mask
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -454,9 +441,6 @@ def drop_strays(
     sel = lab > 0
     np.minimum.at(gap, lab[sel], d[sel])
     keep = (area >= area_frac * area[main]) | (gap <= near)
-    if evidence is not None:
-        mean = np.bincount(lab[sel], evidence[sel], minlength=n) / np.maximum(area, 1)
-        keep &= (mean >= floor) | (gap <= far)
     keep[0] = False
     return keep[lab]
 
@@ -486,8 +470,6 @@ class TrackOptions:
     stray_area: float = 0.3  # drop components under this x the largest one's area (0: off)
     stray_near: float = 8.0  # ... that lie farther than this many px from it
     stray_near_frac: float = 0.5  # ... or this x the object's size, whichever is more
-    stray_motion: float = -0.2  # drop components with a mean motion evidence under this
-    stray_far_frac: float = 0.1  # ... farther than max(stray_near, this x size) from the largest
     motion_weight: float = 2.0  # weight of the motion evidence (flow like the object's or the
     # background's) in the band (0: off)
     motion_prior: float | None = 0.0  # prior log-odds (at most) of pixels deeper than the
