@@ -22,8 +22,9 @@ Each score is in [0, 1], higher = more suspicious, the largest of:
   and its worst frame is where the most change piled up since the prompt. Measured on the
   DAVIS dev split (bench-vos, box protocol), the worst frame was among the 10% most
   suspicious on 1 of 10 sequences without this term and on 4 with it (mask protocol: 2 and
-  6), and the flagged frames' mean J fell from 0.50 to 0.45 (sequence mean 0.56). Motion alone counts as change too, so a long smooth track piles up as well (at most
-  CUM_WEIGHT): the term says where to look first; a spike or a vanish outranks it.
+  6), and the flagged frames' mean J fell from 0.50 to 0.45 (sequence mean 0.56). Motion
+  alone counts as change too, so a long smooth track piles up as well (at most CUM_WEIGHT):
+  the term says where to look first; a spike or a vanish outranks it.
 Prompted keyframes score 0 (a person drew them); frames without a result (`present` false in
 drift_scores_packed) score 0. Computed on bit-packed masks (popcounts), so a 100-frame
 480x640 object takes a few milliseconds.

@@ -1,5 +1,5 @@
-"""The classical backend's tracker pieces (classical_track.py) and click corrections
-(classical_clicks.py) on small synthetic images with known answers."""
+"""The classical backend's tracker pieces (classical_track.py, classical_motion.py) and click
+corrections (classical_clicks.py) on small synthetic images with known answers."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ import pytest
 
 from services.sam.backends.classical import ClassicalBackend
 from services.sam.backends.classical_clicks import grabcut_scaled, refine_with_clicks
+from services.sam.backends.classical_motion import (
+    beyond,
+    motion_evidence,
+    motion_fits,
+    warp_affine,
+)
 from services.sam.backends.classical_ops import Flow, features, flow_roi
 from services.sam.backends.classical_track import (
     DEFAULTS,
     ObjectTracker,
-    beyond,
     drop_strays,
     fill_holes,
     guided_filter,
     keep_touching,
-    motion_logit,
-    warp_affine,
 )
 from tests.unit.classical_scene import iou, scene
 
@@ -57,6 +60,11 @@ def test_drop_strays_keeps_near_pieces_and_large_ones():
     m[40:60, 0:20] = True  # a far piece as large as the object: kept
     assert drop_strays(m, 0.3, 8.0)[50, 10]
     assert drop_strays(m, 0.0, 8.0)[51, 51]  # off
+
+
+def motion_logit(mx, my, origin, sd, ys, xs, band, grow) -> np.ndarray:
+    """motion_evidence of pixels (ys, xs) with the motions fitted on this ROI."""
+    return motion_evidence(mx, my, origin, sd, ys, xs, motion_fits(mx, my, origin, sd, band, grow))
 
 
 def test_motion_logit_tells_object_motion_from_background_motion():

@@ -107,20 +107,28 @@ def refine_with_clicks(
     )
     near_pos = np.zeros((h, w), np.uint8)
     near_neg = np.zeros((h, w), np.uint8)
-    d_out = cv2.distanceTransform((~prior).astype(np.uint8), cv2.DIST_L2, 5)
-    d_in = cv2.distanceTransform(np.pad(pm, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    d_out = d_in = None  # px to the prior / to its boundary, computed once a click needs it
     for (x, y), lb in zip(points.astype(int), labels, strict=True):
-        d = float((d_out if lb == 1 else d_in)[y, x]) if prior.any() else reach
+        if not pm.any():
+            d = reach
+        elif lb == 1:
+            d_out = cv2.distanceTransform(1 - pm, cv2.DIST_L2, 5) if d_out is None else d_out
+            d = float(d_out[y, x])
+        else:
+            if d_in is None:
+                d_in = cv2.distanceTransform(np.pad(pm, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+            d = float(d_in[y, x])
         r = int(np.clip(CLICK_REACH * d, REACH_MIN, reach))
         cv2.circle(near_pos if lb == 1 else near_neg, (int(x), int(y)), r, 1, -1)
+    near_pos, near_neg = near_pos.astype(bool), near_neg.astype(bool)
     near = near_pos | near_neg
     gc = np.where(prior, cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)
     # a positive click only adds near it, a negative one only removes: the rest of the mask,
     # which the annotator did not mark as wrong, stays
     gc[edge & prior] = cv2.GC_PR_FGD
     gc[edge & ~prior] = cv2.GC_PR_BGD
-    gc[near_pos.astype(bool) & ~prior] = cv2.GC_PR_BGD
-    gc[near_neg.astype(bool) & prior] = cv2.GC_PR_FGD
+    gc[near_pos & ~prior] = cv2.GC_PR_BGD
+    gc[near_neg & prior] = cv2.GC_PR_FGD
     for (x, y), lb in zip(points.astype(int), labels, strict=True):
         cv2.circle(gc, (int(x), int(y)), seed_radius, cv2.GC_FGD if lb == 1 else cv2.GC_BGD, -1)
     region = b
@@ -139,7 +147,7 @@ def refine_with_clicks(
     # kept: the parts at a positive click and those holding the prior's pixels beyond the
     # clicks' reach (when the reach covers the whole prior: its pixels anywhere, so a far click
     # that opens the whole object to GrabCut does not leave only what grew around the click)
-    anchor = prior & ~near.astype(bool) & out
+    anchor = prior & ~near & out
     anchor = anchor if anchor.any() else prior & out
     return largest_components(out, keep | anchor) if out.any() else out
 

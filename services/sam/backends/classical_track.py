@@ -55,6 +55,13 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from services.sam.backends.classical_motion import (
+    apart,
+    beyond,
+    motion_evidence,
+    motion_fits,
+    warp_affine,
+)
 from services.sam.backends.classical_ops import Tracked, bbox, disk, pad_box
 
 G_BITS = 4  # global histograms: bins per feature channel = 2**G_BITS
@@ -225,23 +232,26 @@ class ObjectTracker:
         core = (soft > 0.5).astype(np.uint8)
         if not core.any():
             return Tracked(np.zeros((h, w), bool))
+        core_b = core.astype(bool)
+        mxr, myr = mx[y0:y1, x0:x1], my[y0:y1, x0:x1]
         d_in = cv2.distanceTransform(core, cv2.DIST_L2, 3)
         d_out = cv2.distanceTransform(1 - core, cv2.DIST_L2, 3)
         sd = d_in - d_out  # > 0 inside the warped mask
         inband = (sd <= band) & (sd >= -grow)
         prior = np.clip(sd / p["sigma"], -p["prior_clip"], p["prior_clip"])
         if p["edge_prior"] is not None:  # mask extrapolated from beyond the image edge
-            ext = core.astype(bool) & beyond(mx[y0:y1, x0:x1], my[y0:y1, x0:x1], w, h, 1.0)
+            ext = core_b & beyond(mxr, myr, w, h, 1.0)
             inband |= ext
             prior[ext] = np.minimum(prior[ext], p["edge_prior"])
-        mot, fit, hid = None, None, None
+        mot, fit, hid, sep = None, None, None, False
         if p["motion_weight"] > 0:  # (h, w) motion evidence on the warped mask and band
-            mxr, myr = mx[y0:y1, x0:x1], my[y0:y1, x0:x1]
             fit = motion_fits(mxr, myr, (x0, y0), sd, band, grow)
+            # the object moves unlike the background (sd > 0 is the warped mask, core)
+            sep = bool(fit) and apart(fit[2:], core_b, p["amodal_sep"])
             mot = np.zeros(sd.shape, np.float32)
             iy, ix = np.nonzero(sd >= -grow)
             mot[iy, ix] = motion_evidence(mxr, myr, (x0, y0), sd, iy, ix, fit)
-            if fit and self.hidden > 0 and _apart(fit[2:], sd > 0, p["amodal_sep"]):
+            if sep and self.hidden > 0:
                 # occluded parts, moved like the object (which moves unlike the background)
                 hid = warp_affine(self.amodal[y0:y1, x0:x1], fit[2]) & (sd < -grow)
                 hy, hx = np.nonzero(hid)
@@ -264,16 +274,15 @@ class ObjectTracker:
         if p["gf_radius"] > 0:
             prob = guided_filter(lum[y0:y1, x0:x1], prob.astype(np.float32),
                                  p["gf_radius"], p["gf_eps"])  # fmt: skip
-        out = np.where(inband, prob > 0.5, core.astype(bool))
+        out = np.where(inband, prob > 0.5, core_b)
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
         out = fill_holes(out.astype(bool), p["hole_frac"])
-        out = keep_touching(out, core.astype(bool) if hid is None else core.astype(bool) | hid)
+        out = keep_touching(out, core_b if hid is None else core_b | hid)
         out = drop_strays(out, p["stray_area"], max(p["stray_near"], p["stray_near_frac"] * size))
         if rec > 0 and out.any() and out.sum() < p["recover_gate"] * prev.sum():
             out = self._recover(out, inband, feat_roi, (x0, y0), rec)
         full = np.zeros((h, w), bool)
         full[y0:y1, x0:x1] = out
-        sep = bool(fit) and _apart(fit[2:], core.astype(bool), p["amodal_sep"])
         self._carry(full, fit[2] if fit else None, (x0, y0, x1, y1), sep)
         return Tracked(full, sd, (x0, y0, x1, y1))
 
@@ -316,86 +325,6 @@ class ObjectTracker:
         big = stats[:, cv2.CC_STAT_AREA] >= p["recover_min"] * out.sum()
         big[0] = False
         return out | big[lab]
-
-
-def beyond(mx: np.ndarray, my: np.ndarray, w: int, h: int, margin: float) -> np.ndarray:
-    """Pixels whose source position (mx, my) lies more than margin px outside a w x h frame."""
-    return (mx < -margin) | (my < -margin) | (mx > w - 1 + margin) | (my > h - 1 + margin)
-
-
-def warp_affine(mask: np.ndarray, fit: np.ndarray) -> np.ndarray:
-    """(h, w) bool mask moved by the motion `fit` (3, 2): pixel (x, y) of the result takes
-    the mask at (x, y) + (x, y, 1) @ fit (this frame -> previous frame, like the flow)."""
-    m = np.array([[1 + fit[0, 0], fit[1, 0], fit[2, 0]],
-                  [fit[0, 1], 1 + fit[1, 1], fit[2, 1]]], np.float64)  # fmt: skip
-    h, w = mask.shape
-    out = cv2.warpAffine(mask.astype(np.uint8), m, (w, h),
-                         flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)  # fmt: skip
-    return out.astype(bool)
-
-
-def _apart(fit: list, where: np.ndarray, sep: float) -> bool:
-    """Whether the object's and the background's motions (fit[0], fit[1]) differ by more
-    than sep px at the centre of `where` (ROI bool)."""
-    ys, xs = np.nonzero(where)
-    if len(ys) == 0:
-        return False
-    c = np.array([xs.mean(), ys.mean(), 1.0])
-    return float(np.hypot(*(c @ fit[0] - c @ fit[1]))) > sep
-
-
-def motion_fits(mx, my, origin, sd, band, grow) -> tuple | None:
-    """The object's and the background's motions on an ROI (flow maps mx, my of the ROI at
-    `origin`, signed distance sd to the warped boundary), from the flow deep inside the
-    warped mask and on a ring outside the band: (object affine, background affine, object
-    median translation, background median translation), (3, 2) each, flow (u, v) = (x, y,
-    1) @ fit in ROI coordinates; None when either region has under 20 pixels."""
-    fits = []
-    for sel in (sd > min(band, 4), (sd < -grow - 2) & (sd >= -grow - 2 - max(8, band))):
-        ys, xs = np.nonzero(sel)
-        if len(ys) < 20:
-            return None
-        step = max(1, len(ys) // 2000)
-        ys, xs = ys[::step], xs[::step]
-        u = mx[ys, xs] - (xs + origin[0]).astype(np.float32)
-        v = my[ys, xs] - (ys + origin[1]).astype(np.float32)
-        a = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float64)
-        f = np.stack([u, v], 1).astype(np.float64)
-        coef, *_ = np.linalg.lstsq(a, f, rcond=None)
-        fits.append(coef)
-        shift = np.zeros((3, 2))
-        shift[2] = np.median(f, 0)  # the median motion, a translation
-        fits.append(shift)
-    return fits[0], fits[2], fits[1], fits[3]
-
-
-def motion_evidence(mx, my, origin, sd, ys, xs, fits) -> np.ndarray:
-    """(n,) motion evidence for ROI pixels (ys, xs) given motion_fits: +1 where the flow
-    there matches the object's motion, -1 where it matches the background's, scaled down to
-    0 where the two motions are less than 2 px apart (nothing to tell) and within 4 px of
-    the warped boundary (the flow blurs the two there)."""
-    if fits is None or len(ys) == 0:
-        return np.zeros(len(ys), np.float32)
-    x, y = xs.astype(np.float32), ys.astype(np.float32)
-    u = mx[ys, xs] - (x + origin[0])
-    v = my[ys, xs] - (y + origin[1])
-    (ao, ab) = (f.astype(np.float32) for f in fits[:2])
-    d = ao - ab  # the difference of the two motions, affine too
-    su = d[0, 0] * x + d[1, 0] * y + d[2, 0]
-    sv = d[0, 1] * x + d[1, 1] * y + d[2, 1]
-    eu = u - (ab[0, 0] * x + ab[1, 0] * y + ab[2, 0])  # flow minus the background's
-    ev = v - (ab[0, 1] * x + ab[1, 1] * y + ab[2, 1])
-    sep2 = su * su + sv * sv
-    # (|f - b|^2 - |f - o|^2) / |o - b|^2 with f - o = e - s
-    r = (2 * (eu * su + ev * sv) - sep2) / np.maximum(sep2, 1e-6)
-    conf = np.clip((np.sqrt(sep2) - 1.0) / 2.0, 0.0, 1.0)
-    conf *= np.clip((np.abs(sd[ys, xs]) - 1.0) / 3.0, 0.0, 1.0)
-    return np.clip(r, -1.0, 1.0) * conf
-
-
-def motion_logit(mx, my, origin, sd, ys, xs, band, grow) -> np.ndarray:
-    """motion_evidence of pixels (ys, xs) with the motions fitted on this ROI."""
-    return motion_evidence(mx, my, origin, sd, ys, xs, motion_fits(mx, my, origin, sd, band, grow))
 
 
 def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
