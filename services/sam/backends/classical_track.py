@@ -37,8 +37,9 @@ Per frame, in a region around the object (all figures in pixels of the frame):
    comes out on the far side of the occluder is taken again;
 5. decision: the object probability sigmoid(prior + colour + motion evidence) is
    smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
-   image edges), thresholded at 0.5; small holes filled, components touching neither the
-   warped core nor the carried occluded parts dropped, and so are strays: components under
+   image edges), thresholded at 0.5 (or, with cut_weight > 0, decided jointly by a minimum
+   cut that makes label changes cheap across image edges: classical_cut); small holes
+   filled, components touching neither the warped core nor the carried occluded parts dropped, and so are strays: components under
    stray_area x the largest one's area farther than max(stray_near, stray_near_frac x size)
    from it (a leak that split off the object, e.g. a kite line's mask smeared over the sky
    at the image border; parts cut off by an occluder lie closer);
@@ -55,6 +56,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from services.sam.backends.classical_cut import band_cut
 from services.sam.backends.classical_motion import (
     apart,
     beyond,
@@ -274,7 +276,10 @@ class ObjectTracker:
         if p["gf_radius"] > 0:
             prob = guided_filter(lum[y0:y1, x0:x1], prob.astype(np.float32),
                                  p["gf_radius"], p["gf_eps"])  # fmt: skip
-        out = np.where(inband, prob > 0.5, core_b)
+        if p["cut_weight"] > 0:  # edge-aware minimum cut of the band (classical_cut)
+            out = band_cut(prob, inband, core_b, feat_roi, p["cut_weight"])
+        else:
+            out = np.where(inband, prob > 0.5, core_b)
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
         out = fill_holes(out.astype(bool), p["hole_frac"])
         out = keep_touching(out, core_b if hid is None else core_b | hid)
@@ -413,6 +418,8 @@ class TrackOptions:
     amodal_sep: float = 2.0  # px: ... only while the object moves this much unlike the background
     edge_prior: float | None = 0.0  # prior log-odds (at most) of the mask the warp brings
     # in from beyond the image edge, re-decided like the band (None: kept as warped)
+    cut_weight: float = 0.0  # > 0: the band is decided by a minimum cut with this pairwise
+    # weight (classical_cut.band_cut; needs scipy), else by thresholding at 0.5
     hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
     l_weight: float = 0.25  # tracker features: lightness weight (classical_ops.features)
     ab_gain: float = 2.0  # tracker features: chroma gain
