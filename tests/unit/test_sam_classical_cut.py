@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import pytest
 
 from services.sam.backends.classical_cut import band_cut, pair_weights
 from services.sam.backends.classical_ops import Flow, features
@@ -74,14 +73,14 @@ def test_cut_removes_speckles_inside_a_uniform_region():
     assert band_cut(prob, inband, fixed, feat, 3.0).all()
 
 
-@pytest.mark.parametrize("opts", [{}, {"cut_weight": 3.0, "sigma": 4.0}])
-def test_tracker_with_and_without_the_cut_follows_a_moving_square(opts):
+def test_tracker_with_the_cut_follows_a_moving_square():
+    # (without the cut: test_sam_classical_track.test_tracker_follows_a_moving_square)
     img0, m0 = scene(x0=50)
     img1, m1 = scene(x0=56)  # moved 6 px right
     g0 = img0.mean(-1).astype(np.uint8)
     g1 = img1.mean(-1).astype(np.uint8)
     mx, my = Flow(0.5).maps(g1, g0)
     f0, f1 = features(img0, 0.25, 2.0), features(img1, 0.25, 2.0)
-    tr = ObjectTracker.start(f0, m0, {**DEFAULTS, **opts})
+    tr = ObjectTracker.start(f0, m0, {**DEFAULTS, "cut_weight": 3.0, "sigma": 4.0})
     out = tr.step(f1, g1.astype(np.float32) / 255, m0, mx, my)
     assert iou(out.mask, m1) > 0.9

@@ -46,10 +46,12 @@ def band_cut(
 ) -> np.ndarray:
     """(h, w) bool: the band's labels of least energy (see the module docstring); outside the
     band, `fixed`. weight <= 0: prob thresholded at 0.5."""
+    if weight <= 0:  # the default: no work beyond the threshold
+        return np.where(inband, prob > 0.5, fixed)
     ys, xs = np.nonzero(inband)
     n = len(ys)
-    if weight <= 0 or n == 0:
-        return np.where(inband, prob > 0.5, fixed)
+    if n == 0:
+        return fixed.copy()
     try:
         from scipy.sparse import csr_matrix
         from scipy.sparse.csgraph import breadth_first_order, maximum_flow

@@ -39,10 +39,11 @@ Per frame, in a region around the object (all figures in pixels of the frame):
    smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
    image edges), thresholded at 0.5 (or, with cut_weight > 0, decided jointly by a minimum
    cut that makes label changes cheap across image edges: classical_cut); small holes
-   filled, components touching neither the warped core nor the carried occluded parts dropped, and so are strays: components under
-   stray_area x the largest one's area farther than max(stray_near, stray_near_frac x size)
-   from it (a leak that split off the object, e.g. a kite line's mask smeared over the sky
-   at the image border; parts cut off by an occluder lie closer);
+   filled, components touching neither the warped core nor the carried occluded parts
+   dropped, and so are strays: components under stray_area x the largest one's area
+   farther than max(stray_near, stray_near_frac x size) from it (a leak that split off
+   the object, e.g. a kite line's mask smeared over the sky at the image border; parts cut
+   off by an occluder lie closer);
 6. recovery (recover_frac): on a frame where the mask shrank (an occluder sweeping over the
    object wipes the part it passed: that part's pixels are then too far outside the warped
    mask to join again), components of strongly object-coloured pixels within recover_frac
@@ -276,10 +277,8 @@ class ObjectTracker:
         if p["gf_radius"] > 0:
             prob = guided_filter(lum[y0:y1, x0:x1], prob.astype(np.float32),
                                  p["gf_radius"], p["gf_eps"])  # fmt: skip
-        if p["cut_weight"] > 0:  # edge-aware minimum cut of the band (classical_cut)
-            out = band_cut(prob, inband, core_b, feat_roi, p["cut_weight"])
-        else:
-            out = np.where(inband, prob > 0.5, core_b)
+        # thresholded at 0.5, or (cut_weight > 0) an edge-aware minimum cut of the band
+        out = band_cut(prob, inband, core_b, feat_roi, p["cut_weight"])
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
         out = fill_holes(out.astype(bool), p["hole_frac"])
         out = keep_touching(out, core_b if hid is None else core_b | hid)
