@@ -7,14 +7,17 @@ import itertools
 
 import numpy as np
 
-from services.sam.backends.classical_cut import band_cut, pair_weights
+from services.sam.backends.classical_cut import band_cut, contrast_beta
 from services.sam.backends.classical_ops import Flow, features
 from services.sam.backends.classical_track import DEFAULTS, ObjectTracker
 from tests.unit.classical_scene import iou, scene
 
 
 def _energy(lab, prob, inband, fixed, feat, weight):
-    wr, wd = pair_weights(feat, weight)
+    f = feat.astype(np.float32)
+    beta = contrast_beta(f)
+    wr = weight * np.exp(-beta * ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1))
+    wd = weight * np.exp(-beta * ((f[1:] - f[:-1]) ** 2).sum(-1))
     x = np.where(inband, lab, fixed)
     p = np.clip(prob, 1e-3, 1 - 1e-3)
     e = np.where(x, -np.log(p), -np.log1p(-p))[inband].sum()
@@ -30,7 +33,7 @@ def test_cut_is_the_least_energy_labelling():
         inband[:, 1:3] = True  # 6 free pixels, the sides fixed
         fixed = np.zeros((3, 4), bool)
         fixed[:, 0] = True
-        out = band_cut(prob, inband, fixed, feat, 1.5)
+        out = band_cut(prob, inband, fixed, feat, 1.5, reach=None)  # the whole band
         assert (out[~inband] == fixed[~inband]).all()
         best = min(
             _energy(_place(bits, inband), prob, inband, fixed, feat, 1.5)
@@ -44,6 +47,36 @@ def _place(bits, inband):
     lab = np.zeros(inband.shape, bool)
     lab[inband] = np.array(bits, bool)
     return lab
+
+
+def test_cut_moves_only_pixels_near_the_thresholds_label_changes():
+    # a uniform, barely-background square inside fixed object pixels: the whole-band cut
+    # makes all of it object (its border costs more than its unaries); with reach 2 only
+    # the pixels within 2 px of the threshold's label change may move
+    feat = np.full((40, 40, 3), 90, np.uint8)
+    prob = np.full((40, 40), 0.48, np.float32)
+    inband = np.zeros((40, 40), bool)
+    inband[5:35, 5:35] = True
+    fixed = ~inband
+    whole = band_cut(prob, inband, fixed, feat, 3.0, reach=None)
+    near = band_cut(prob, inband, fixed, feat, 3.0, reach=2)
+    assert whole.all()
+    assert near[5:7].all() and near[:, 33:35].all()  # the ring within reach moved
+    assert not near[7:33, 7:33].any()  # the rest kept the threshold's label
+
+
+def test_cut_near_the_label_changes_matches_cutting_the_whole_band():
+    rng = np.random.default_rng(2)
+    feat = rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 < 12**2
+    prob = np.clip(np.where(disc, 0.7, 0.3) + rng.normal(0, 0.15, (40, 40)), 0.01, 0.99)
+    inband = np.ones((40, 40), bool)
+    fixed = np.zeros((40, 40), bool)
+    thr = band_cut(prob, inband, fixed, feat, 0.0)
+    whole = band_cut(prob, inband, fixed, feat, 3.0, reach=None)
+    assert (whole != thr).sum() > 100  # the cut changes the noisy threshold
+    assert (band_cut(prob, inband, fixed, feat, 3.0) == whole).all()
 
 
 def test_cut_snaps_an_uncertain_boundary_to_the_image_edge():
