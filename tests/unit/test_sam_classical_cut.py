@@ -107,13 +107,14 @@ def test_cut_removes_speckles_inside_a_uniform_region():
 
 
 def test_tracker_with_the_cut_follows_a_moving_square():
-    # (without the cut: test_sam_classical_track.test_tracker_follows_a_moving_square)
+    # the default; thresholded: test_sam_classical_track.test_tracker_follows_a_moving_square
     img0, m0 = scene(x0=50)
     img1, m1 = scene(x0=56)  # moved 6 px right
     g0 = img0.mean(-1).astype(np.uint8)
     g1 = img1.mean(-1).astype(np.uint8)
     mx, my = Flow(0.5).maps(g1, g0)
     f0, f1 = features(img0, 0.25, 2.0), features(img1, 0.25, 2.0)
-    tr = ObjectTracker.start(f0, m0, {**DEFAULTS, "cut_weight": 3.0, "sigma": 4.0})
+    assert DEFAULTS["cut_weight"] == 3.0 and DEFAULTS["sigma"] == 4.0
+    tr = ObjectTracker.start(f0, m0, DEFAULTS)
     out = tr.step(f1, g1.astype(np.float32) / 255, m0, mx, my)
     assert iou(out.mask, m1) > 0.9

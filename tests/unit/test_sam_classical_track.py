@@ -116,6 +116,7 @@ def test_tracker_carries_the_whole_object_while_part_is_hidden():
 
 
 def test_tracker_follows_a_moving_square():
+    # the thresholded band (the former default); with the cut: test_sam_classical_cut
     img0, m0 = scene(x0=50)
     img1, m1 = scene(x0=56)  # moved 6 px right
     flow = Flow(0.5)
@@ -123,7 +124,7 @@ def test_tracker_follows_a_moving_square():
     g1 = img1.mean(-1).astype(np.uint8)
     mx, my = flow.maps(g1, g0)
     f0, f1 = features(img0, 0.25, 2.0), features(img1, 0.25, 2.0)
-    tr = ObjectTracker.start(f0, m0, DEFAULTS)
+    tr = ObjectTracker.start(f0, m0, {**DEFAULTS, "cut_weight": 0.0, "sigma": 2.5})
     out = tr.step(f1, g1.astype(np.float32) / 255, m0, mx, my)
     assert iou(out.mask, m1) > 0.9
 

@@ -38,6 +38,7 @@ import numpy as np
 from protocol.options import parse_options
 from services.sam.backends.base import PASSES, PassMasks, Prompt, SamBackend, Window
 from services.sam.backends.classical_clicks import is_lost, redetect, refine_with_clicks
+from services.sam.backends.classical_cut import check_solver
 from services.sam.backends.classical_ops import (
     ColourModel,
     Flow,
@@ -59,6 +60,17 @@ log = logging.getLogger(__name__)
 # above this (keyframe masks from boxes hold background, so the object's own colours often
 # score 0.3-0.5; a background click on sky/grass scores below 0.2)
 OBJECT_LIKE = 0.25
+
+
+def _lum(img: np.ndarray) -> np.ndarray:
+    """(H, W) float32 lightness in [0, 1] of an (H, W, 3) uint8 RGB frame, as the tracker's."""
+    return gray(img).astype(np.float32) / 255.0
+
+
+def _body(mask: np.ndarray, tracker) -> np.ndarray:
+    """The mask without the lines a `local` tracker drew into it (classical_lines)."""
+    drawn = getattr(tracker, "drawn", None)
+    return mask if drawn is None or drawn.shape != mask.shape else mask & ~drawn
 
 
 def _nearest(keys: list[int], frame: int) -> int | None:
@@ -142,6 +154,8 @@ class ClassicalBackend(SamBackend):
         self.threads = threads
 
     def setup(self) -> None:
+        if self.tracker == "local" and self.track["cut_weight"] > 0:
+            check_solver()  # at start-up, not on the first propagated frame
         if self.threads is not None:
             cv2.setNumThreads(self.threads)
         log.info(
@@ -358,7 +372,7 @@ class ClassicalBackend(SamBackend):
                     if local:
                         f_prev = self._feat(st.frames[t - step])
                         trackers[oid] = (
-                            ObjectTracker.start(f_prev, cur[oid], self.track)
+                            ObjectTracker.start(f_prev, cur[oid], self.track, _lum(st.frames[t - step]))
                             if cur[oid].any() else None
                         )  # fmt: skip
                     else:
@@ -374,8 +388,9 @@ class ClassicalBackend(SamBackend):
             if todo:
                 if prev_gray is None:
                     prev_gray = gray(st.frames[t - step])
-                # once per frame pair, for all objects, on the region around them
-                roi = flow_roi([cur[oid] for oid, _ in todo], self.flow_margin)
+                # once per frame pair, for all objects, on the region around them (their
+                # lines, tracked without flow, left out: they may span the frame)
+                roi = flow_roi([_body(cur[oid], m) for oid, m in todo], self.flow_margin)
                 maps = flow.maps(g, prev_gray, roi)
             for oid, m in todo:
                 if local:
@@ -437,7 +452,7 @@ class ClassicalBackend(SamBackend):
         if not tr.mask.any():
             trackers[oid] = None
         elif tr.fixed or trackers.get(oid) is None:
-            trackers[oid] = ObjectTracker.start(self._feat(img), tr.mask, self.track)
+            trackers[oid] = ObjectTracker.start(self._feat(img), tr.mask, self.track, _lum(img))
         elif tr.sd is not None:
             trackers[oid].update(feat if feat is not None else self._feat(img), tr.mask)
 

@@ -1,11 +1,12 @@
-"""The classical backend's per-object tracker: optical-flow warping, then a per-pixel decision
-from a shape prior, colour models, motion evidence and an edge-aware (guided) filter, with
-occluded parts carried by the object's motion.
-numpy + OpenCV only, deterministic.
+"""The classical backend's per-object tracker: optical-flow warping, then a decision of the
+band around the warped boundary from a shape prior, colour models, motion evidence, an
+edge-aware (guided) filter and a minimum cut, with occluded parts carried by the object's
+motion and thin straight parts tracked as lines.
+numpy + OpenCV (+ scipy for the cut), deterministic.
 
 Usage:
-    tr = ObjectTracker.start(feat_key, mask_key)          # at a keyframe (features(img), mask)
-    tracked = tr.step(feat_t, gray_t, mx, my)              # Tracked(.mask (H, W) bool, .sd, .roi)
+    tr = ObjectTracker.start(feat_key, mask_key, params, lum_key)   # at a keyframe
+    tracked = tr.step(feat_t, lum_t, prev_mask, mx, my)  # Tracked(.mask (H, W) bool, .sd, .roi)
 
 Per frame, in a region around the object (all figures in pixels of the frame):
 1. shape prior: the previous mask warped by the dense flow (mx, my: for each pixel of this
@@ -37,8 +38,9 @@ Per frame, in a region around the object (all figures in pixels of the frame):
    comes out on the far side of the occluder is taken again;
 5. decision: the object probability sigmoid(prior + colour + motion evidence) is
    smoothed by a guided filter with the frame's lightness as guide (boundaries snap to
-   image edges), thresholded at 0.5 (or, with cut_weight > 0, decided jointly by a minimum
-   cut that makes label changes cheap across image edges: classical_cut); small holes
+   image edges), then decided jointly by a minimum cut that makes label changes cheap
+   across image edges (cut_weight > 0, the default: classical_cut) or thresholded at 0.5
+   (cut_weight 0, about 1.5x faster); small holes
    filled, components touching neither the warped core nor the carried occluded parts
    dropped, and so are strays: components under stray_area x the largest one's area
    farther than max(stray_near, stray_near_frac x size) from it (a leak that split off
@@ -47,7 +49,12 @@ Per frame, in a region around the object (all figures in pixels of the frame):
 6. recovery (recover_frac): on a frame where the mask shrank (an occluder sweeping over the
    object wipes the part it passed: that part's pixels are then too far outside the warped
    mask to join again), components of strongly object-coloured pixels within recover_frac
-   x the object's size of the mask are added back.
+   x the object's size of the mask are added back;
+7. lines (option lines): the keyframe mask's thin straight parts (what an opening removes,
+   Hough segments: a kite's or a paraglider's lines) are kept out of steps 1-6 and tracked
+   as line segments on their own (classical_lines: moved by the object's median motion,
+   then searched across for the most line-like segment of the lightness), then drawn into
+   the mask.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ import cv2
 import numpy as np
 
 from services.sam.backends.classical_cut import band_cut
+from services.sam.backends.classical_lines import LineSet, thin_parts
 from services.sam.backends.classical_motion import (
     apart,
     beyond,
@@ -145,10 +153,21 @@ class ObjectTracker:
         self.p = params
         self.amodal: np.ndarray | None = None  # (H, W) bool: the whole object, occluded parts
         self.hidden = 0  # ... carried this many frames by the object's motion
+        self.lines: LineSet | None = None  # its thin straight parts (option lines)
+        self.drawn: np.ndarray | None = None  # (H, W) bool: their pixels in the last mask
 
     @classmethod
-    def start(cls, feat: np.ndarray, mask: np.ndarray, params: dict) -> ObjectTracker:
+    def start(
+        cls, feat: np.ndarray, mask: np.ndarray, params: dict, lum: np.ndarray | None = None
+    ) -> ObjectTracker:
+        """The tracker of an object from its mask on one frame (features feat; lightness
+        lum (H, W) float32 in [0, 1], needed to find its lines when option lines is on)."""
         tr = cls(GlobalColour(np.zeros(1), np.zeros(1)), params)
+        if lum is not None and params["lines"]:
+            tr.lines = LineSet.find(mask, lum)
+            if tr.lines.lines:  # the colour models and the band see the body only
+                tr.drawn = thin_parts(mask)
+                mask = mask & ~tr.drawn
         tr.key = tr.run = tr._learn(feat, mask, first=True)
         return tr
 
@@ -178,6 +197,8 @@ class ObjectTracker:
         return g
 
     def update(self, feat: np.ndarray, mask: np.ndarray) -> None:
+        if self.drawn is not None:
+            mask = mask & ~self.drawn
         g = self._learn(feat, mask)
         if g is not self.run:
             self.run = self.run.blend(g, self.p["colour_rate"])
@@ -213,6 +234,8 @@ class ObjectTracker:
         lightness `lum` (H, W) float32 in [0, 1])."""
         p = self.p
         h, w = prev.shape
+        if self.drawn is not None and self.drawn.shape == prev.shape:
+            prev = prev & ~self.drawn  # the lines are tracked on their own, below
         b = bbox(prev)
         if b is None:
             return Tracked(prev.copy())
@@ -288,6 +311,11 @@ class ObjectTracker:
         full = np.zeros((h, w), bool)
         full[y0:y1, x0:x1] = out
         self._carry(full, fit[2] if fit else None, (x0, y0, x1, y1), sep)
+        if self.lines is not None and self.lines.lines:
+            self.lines = self.lines.step(lum, _shift(fit, prev, full))
+            drawn = self.lines.render((h, w))
+            self.drawn = drawn & ~full
+            full = full | drawn
         return Tracked(full, sd, (x0, y0, x1, y1))
 
     def _carry(self, full: np.ndarray, fit, roi, sep: bool) -> None:
@@ -329,6 +357,15 @@ class ObjectTracker:
         big = stats[:, cv2.CC_STAT_AREA] >= p["recover_min"] * out.sum()
         big[0] = False
         return out | big[lab]
+
+
+def _shift(fit, prev: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
+    """(dx, dy): the object's motion from the previous frame to this one: minus its median
+    flow (motion_fits, which points back to the previous frame), else its centroid's shift."""
+    if fit is not None:
+        return -float(fit[2][2, 0]), -float(fit[2][2, 1])
+    (y0, x0), (y1, x1) = (np.argwhere(m).mean(0) if m.any() else (0.0, 0.0) for m in (prev, cur))
+    return float(x1 - x0), float(y1 - y0)
 
 
 def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
@@ -388,7 +425,7 @@ class TrackOptions:
     band_max: int = 24
     grow: int = 6  # min px outside the warped boundary that may join the object
     grow_frac: float = 0.0
-    sigma: float = 2.5  # px per unit of prior log-odds
+    sigma: float = 4.0  # px per unit of prior log-odds (2.5 was best without the cut)
     prior_clip: float = 6.0
     colour_weight: float = 1.0
     colour_rate: float = 0.05  # per-frame adaptation of the global colour model
@@ -417,8 +454,10 @@ class TrackOptions:
     amodal_sep: float = 2.0  # px: ... only while the object moves this much unlike the background
     edge_prior: float | None = 0.0  # prior log-odds (at most) of the mask the warp brings
     # in from beyond the image edge, re-decided like the band (None: kept as warped)
-    cut_weight: float = 0.0  # > 0: the band is decided by a minimum cut with this pairwise
-    # weight (classical_cut.band_cut; needs scipy), else by thresholding at 0.5
+    lines: bool = True  # track the mask's thin straight parts (a kite's lines) as line
+    # segments (classical_lines), else the band's opening drops them
+    cut_weight: float = 3.0  # > 0: the band is decided by a minimum cut with this pairwise
+    # weight (classical_cut.band_cut; needs scipy), 0: by thresholding at 0.5 (faster)
     hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
     l_weight: float = 0.25  # tracker features: lightness weight (classical_ops.features)
     ab_gain: float = 2.0  # tracker features: chroma gain
