@@ -82,7 +82,7 @@ TARGETS = [
     Target(
         "sam backend nested option",
         lambda k, v: create_backend("classical", {"track": {k: v}}),
-        None,
+        "lines",
         "band",
         "backend classical options.track.",
         (ValueError,),
