@@ -297,9 +297,17 @@ class ObjectTracker:
         if mot is not None:
             score[ys, xs] += p["motion_weight"] * mot[ys, xs]
         prob = 1.0 / (1.0 + np.exp(-score))
-        if p["gf_radius"] > 0:
-            prob = guided_filter(lum[y0:y1, x0:x1], prob.astype(np.float32),
-                                 p["gf_radius"], p["gf_eps"])  # fmt: skip
+        if p["gf_radius"] > 0 and len(ys):
+            # only the band's probabilities are used: filter the band's box, grown by the
+            # filter's reach (2 radii), the same figures there as filtering the whole region
+            m = 2 * p["gf_radius"] + 1
+            by0, by1 = max(0, int(ys.min()) - m), min(prob.shape[0], int(ys.max()) + 1 + m)
+            bx0, bx1 = max(0, int(xs.min()) - m), min(prob.shape[1], int(xs.max()) + 1 + m)
+            prob = prob.astype(np.float32)
+            prob[by0:by1, bx0:bx1] = guided_filter(
+                lum[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1], prob[by0:by1, bx0:bx1],
+                p["gf_radius"], p["gf_eps"],
+            )  # fmt: skip
         # thresholded at 0.5, or (cut_weight > 0) an edge-aware minimum cut of the band
         out = band_cut(prob, inband, core_b, feat_roi, p["cut_weight"])
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
@@ -389,11 +397,11 @@ def keep_touching(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 2:
         return mask
-    ids = np.unique(lab[core & mask])
-    ids = ids[ids > 0]
-    if len(ids) == 0:
+    keep = np.bincount(lab[core & mask], minlength=n) > 0  # a table: no sort of the pixels
+    keep[0] = False
+    if not keep.any():
         return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return np.isin(lab, ids)
+    return keep[lab]
 
 
 def drop_strays(mask: np.ndarray, area_frac: float, near: float) -> np.ndarray:
@@ -407,10 +415,8 @@ def drop_strays(mask: np.ndarray, area_frac: float, near: float) -> np.ndarray:
     area = stats[:, cv2.CC_STAT_AREA]
     main = 1 + int(np.argmax(area[1:]))
     d = cv2.distanceTransform((lab != main).astype(np.uint8), cv2.DIST_L2, 3)
-    gap = np.full(n, np.inf, np.float32)
-    sel = lab > 0
-    np.minimum.at(gap, lab[sel], d[sel])
-    keep = (area >= area_frac * area[main]) | (gap <= near)
+    close = np.bincount(lab[d <= near], minlength=n) > 0  # some pixel within `near` of main
+    keep = (area >= area_frac * area[main]) | close
     keep[0] = False
     return keep[lab]
 
