@@ -15,15 +15,15 @@ from services.sam.backends.classical_motion import (
     motion_fits,
     warp_affine,
 )
-from services.sam.backends.classical_ops import Flow, features, flow_roi
-from services.sam.backends.classical_track import (
-    DEFAULTS,
-    ObjectTracker,
+from services.sam.backends.classical_ops import (
+    Flow,
     drop_strays,
+    features,
     fill_holes,
-    guided_filter,
+    flow_roi,
     keep_touching,
 )
+from services.sam.backends.classical_track import DEFAULTS, ObjectTracker, guided_filter
 from tests.unit.classical_scene import iou, scene
 
 

@@ -47,6 +47,7 @@ from services.sam.backends.classical_ops import (
     features,
     flow_roi,
     gray,
+    lightness,
     quantise,
     resolve_overlaps,
     track_step,
@@ -60,17 +61,6 @@ log = logging.getLogger(__name__)
 # above this (keyframe masks from boxes hold background, so the object's own colours often
 # score 0.3-0.5; a background click on sky/grass scores below 0.2)
 OBJECT_LIKE = 0.25
-
-
-def _lum(img: np.ndarray) -> np.ndarray:
-    """(H, W) float32 lightness in [0, 1] of an (H, W, 3) uint8 RGB frame, as the tracker's."""
-    return gray(img).astype(np.float32) / 255.0
-
-
-def _body(mask: np.ndarray, tracker) -> np.ndarray:
-    """The mask without the lines a `local` tracker drew into it (classical_lines)."""
-    drawn = getattr(tracker, "drawn", None)
-    return mask if drawn is None or drawn.shape != mask.shape else mask & ~drawn
 
 
 def _nearest(keys: list[int], frame: int) -> int | None:
@@ -371,8 +361,10 @@ class ClassicalBackend(SamBackend):
                     cur[oid] = np.unpackbits(o.results[t - step], axis=-1, count=w).astype(bool)
                     if local:
                         f_prev = self._feat(st.frames[t - step])
+                        if prev_gray is None:
+                            prev_gray = gray(st.frames[t - step])
                         trackers[oid] = (
-                            ObjectTracker.start(f_prev, cur[oid], self.track, _lum(st.frames[t - step]))
+                            ObjectTracker.start(f_prev, cur[oid], self.track, lightness(prev_gray))
                             if cur[oid].any() else None
                         )  # fmt: skip
                     else:
@@ -390,13 +382,15 @@ class ClassicalBackend(SamBackend):
                     prev_gray = gray(st.frames[t - step])
                 # once per frame pair, for all objects, on the region around them (their
                 # lines, tracked without flow, left out: they may span the frame)
-                roi = flow_roi([_body(cur[oid], m) for oid, m in todo], self.flow_margin)
+                roi = flow_roi(
+                    [m.body(cur[oid]) if local else cur[oid] for oid, m in todo], self.flow_margin
+                )
                 maps = flow.maps(g, prev_gray, roi)
             for oid, m in todo:
                 if local:
                     if feat is None:
                         feat = self._feat(img)
-                        lum = g.astype(np.float32) / 255.0
+                        lum = lightness(g)
                     tracks[oid] = m.step(feat, lum, cur[oid], maps[0], maps[1])
                     continue
                 if q is None:
@@ -434,7 +428,7 @@ class ClassicalBackend(SamBackend):
                 if oid not in changed:
                     cur[oid] = tr.mask
                     if local and own[oid][t] >= 0:
-                        self._learn(trackers, oid, tr, img, feat)
+                        self._learn(trackers, oid, tr, img, feat, g)
                     elif tr.sd is not None and not tr.fixed and models[oid] is not None:
                         models[oid] = models[oid].update(q, tr.mask, self.colour_rate)
                 st.objects[oid].results[t] = np.packbits(tr.mask, axis=-1)
@@ -447,12 +441,14 @@ class ClassicalBackend(SamBackend):
     def _feat(self, img: np.ndarray) -> np.ndarray:
         return features(img, self.track["l_weight"], self.track["ab_gain"])
 
-    def _learn(self, trackers: dict, oid: int, tr: Tracked, img, feat) -> None:
-        """After a frame: start the object's tracker on a keyframe, else adapt its models."""
+    def _learn(self, trackers: dict, oid: int, tr: Tracked, img, feat, g) -> None:
+        """After a frame (image img, its features feat or None, gray g): start the object's
+        tracker on a keyframe, else adapt its models."""
         if not tr.mask.any():
             trackers[oid] = None
         elif tr.fixed or trackers.get(oid) is None:
-            trackers[oid] = ObjectTracker.start(self._feat(img), tr.mask, self.track, _lum(img))
+            f = feat if feat is not None else self._feat(img)
+            trackers[oid] = ObjectTracker.start(f, tr.mask, self.track, lightness(g))
         elif tr.sd is not None:
             trackers[oid].update(feat if feat is not None else self._feat(img), tr.mask)
 

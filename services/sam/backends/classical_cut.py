@@ -128,6 +128,5 @@ def band_cut(
     resid.eliminate_zeros()
     obj = np.zeros(n + 2, bool)  # what the source still reaches: the object side of the cut
     obj[breadth_first_order(resid, s, directed=True, return_predecessors=False)] = True
-    out = thr.copy()
-    out[ys, xs] = obj[:n]
-    return out
+    thr[ys, xs] = obj[:n]  # thr is this call's own array
+    return thr

@@ -34,6 +34,11 @@ def gray(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)  # (H, W) uint8
 
 
+def lightness(g: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1] from gray() (H, W) uint8: the local tracker's lightness."""
+    return g.astype(np.float32) / 255.0
+
+
 def features(img: np.ndarray, l_weight: float = L_WEIGHT, ab_gain: float = AB_GAIN) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W, 3) uint8 Lab with lightness down-weighted and chroma
     amplified: shading and cast shadows move pixels less than a change of material does."""
@@ -82,6 +87,51 @@ def largest_components(mask: np.ndarray, keep: np.ndarray | None = None) -> np.n
         if len(ids):
             return np.isin(lab, ids)
     return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
+    """Fill background components enclosed by the mask smaller than frac of its area."""
+    if frac <= 0:  # nothing is smaller than 0
+        return mask
+    inv = (~mask).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
+    if n <= 2:
+        return mask
+    h, w = mask.shape
+    area = max(1, int(mask.sum()))
+    x, y, bw, bh, a = (stats[:, i] for i in range(5))
+    inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (a < frac * area)
+    inner[0] = False
+    return mask | inner[lab]
+
+
+def keep_touching(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Components of mask that overlap core (else the largest)."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    keep = np.bincount(lab[core & mask], minlength=n) > 0  # a table: no sort of the pixels
+    keep[0] = False
+    if not keep.any():
+        return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return keep[lab]
+
+
+def drop_strays(mask: np.ndarray, area_frac: float, near: float) -> np.ndarray:
+    """Drop components smaller than area_frac x the largest one that lie more than `near` px
+    from it (a leak that split off the object; pieces cut by an occluder stay near it)."""
+    if area_frac <= 0:
+        return mask
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    area = stats[:, cv2.CC_STAT_AREA]
+    main = 1 + int(np.argmax(area[1:]))
+    d = cv2.distanceTransform((lab != main).astype(np.uint8), cv2.DIST_L2, 3)
+    close = np.bincount(lab[d <= near], minlength=n) > 0  # some pixel within `near` of main
+    keep = (area >= area_frac * area[main]) | close
+    keep[0] = False
+    return keep[lab]
 
 
 def flow_roi(masks: list[np.ndarray], margin: float | None) -> tuple[int, int, int, int] | None:

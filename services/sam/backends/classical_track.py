@@ -73,7 +73,15 @@ from services.sam.backends.classical_motion import (
     motion_fits,
     warp_affine,
 )
-from services.sam.backends.classical_ops import Tracked, bbox, disk, pad_box
+from services.sam.backends.classical_ops import (
+    Tracked,
+    bbox,
+    disk,
+    drop_strays,
+    fill_holes,
+    keep_touching,
+    pad_box,
+)
 
 G_BITS = 4  # global histograms: bins per feature channel = 2**G_BITS
 L_BITS = 3  # local (per tile) histograms
@@ -196,10 +204,14 @@ class ObjectTracker:
         self.local = (lf, lb, lf.sum(-1), lb.sum(-1), nty, ntx)
         return g
 
+    def body(self, mask: np.ndarray) -> np.ndarray:
+        """The mask without the lines this tracker drew into it (option lines)."""
+        if self.drawn is None or self.drawn.shape != mask.shape:
+            return mask
+        return mask & ~self.drawn
+
     def update(self, feat: np.ndarray, mask: np.ndarray) -> None:
-        if self.drawn is not None:
-            mask = mask & ~self.drawn
-        g = self._learn(feat, mask)
+        g = self._learn(feat, self.body(mask))
         if g is not self.run:
             self.run = self.run.blend(g, self.p["colour_rate"])
 
@@ -234,8 +246,7 @@ class ObjectTracker:
         lightness `lum` (H, W) float32 in [0, 1])."""
         p = self.p
         h, w = prev.shape
-        if self.drawn is not None and self.drawn.shape == prev.shape:
-            prev = prev & ~self.drawn  # the lines are tracked on their own, below
+        prev = self.body(prev)  # the lines are tracked on their own, below
         b = bbox(prev)
         if b is None:
             return Tracked(prev.copy())
@@ -303,7 +314,7 @@ class ObjectTracker:
             m = 2 * p["gf_radius"] + 1
             by0, by1 = max(0, int(ys.min()) - m), min(prob.shape[0], int(ys.max()) + 1 + m)
             bx0, bx1 = max(0, int(xs.min()) - m), min(prob.shape[1], int(xs.max()) + 1 + m)
-            prob = prob.astype(np.float32)
+            prob = prob.astype(np.float32, copy=False)
             prob[by0:by1, bx0:bx1] = guided_filter(
                 lum[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1], prob[by0:by1, bx0:bx1],
                 p["gf_radius"], p["gf_eps"],
@@ -374,51 +385,6 @@ def _shift(fit, prev: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
         return -float(fit[2][2, 0]), -float(fit[2][2, 1])
     (y0, x0), (y1, x1) = (np.argwhere(m).mean(0) if m.any() else (0.0, 0.0) for m in (prev, cur))
     return float(x1 - x0), float(y1 - y0)
-
-
-def fill_holes(mask: np.ndarray, frac: float) -> np.ndarray:
-    """Fill background components enclosed by the mask smaller than frac of its area."""
-    if frac <= 0:  # nothing is smaller than 0
-        return mask
-    inv = (~mask).astype(np.uint8)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
-    if n <= 2:
-        return mask
-    h, w = mask.shape
-    area = max(1, int(mask.sum()))
-    x, y, bw, bh, a = (stats[:, i] for i in range(5))
-    inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (a < frac * area)
-    inner[0] = False
-    return mask | inner[lab]
-
-
-def keep_touching(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
-    """Components of mask that overlap core (else the largest)."""
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return mask
-    keep = np.bincount(lab[core & mask], minlength=n) > 0  # a table: no sort of the pixels
-    keep[0] = False
-    if not keep.any():
-        return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return keep[lab]
-
-
-def drop_strays(mask: np.ndarray, area_frac: float, near: float) -> np.ndarray:
-    """Drop components smaller than area_frac x the largest one that lie more than `near` px
-    from it (a leak that split off the object; pieces cut by an occluder stay near it)."""
-    if area_frac <= 0:
-        return mask
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return mask
-    area = stats[:, cv2.CC_STAT_AREA]
-    main = 1 + int(np.argmax(area[1:]))
-    d = cv2.distanceTransform((lab != main).astype(np.uint8), cv2.DIST_L2, 3)
-    close = np.bincount(lab[d <= near], minlength=n) > 0  # some pixel within `near` of main
-    keep = (area >= area_frac * area[main]) | close
-    keep[0] = False
-    return keep[lab]
 
 
 @dataclass(frozen=True)
