@@ -73,7 +73,8 @@ def test_plan_of_a_correction_covers_only_the_frames_it_is_nearest_to():
 def test_bounded_correction_recomputes_its_span_and_matches_a_full_run(scene):
     """Classical without non-overlap is deterministic per object: a bounded re-propagation after
     a correction must give exactly what a fresh full propagation with both prompts gives, while
-    recomputing only the frames nearer to the correction."""
+    recomputing only the frames nearer to the correction (the tracker keeps the object here,
+    so the lost_area stop of the tests below does not fire)."""
     frames, gt = scene
     backend = ClassicalBackend(non_overlap=False)
     mgr, sid = session(backend, frames)
@@ -272,3 +273,55 @@ def test_a_restarting_prompt_replaces_the_keyframes_and_new_instances_get_one():
     kf = mgr.get(sid).keyframes
     assert {o: sorted(k) for o, k in kf.items()} == {1: [3], 2: [3]}
     assert mgr.propagate(sid, "forward").spans == [[1, 3, 6], [2, 3, 6]]  # from frame 3 on
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / u if u else 1.0
+
+
+def test_where_a_correction_loses_the_object_its_re_propagation_stops(scene):
+    """Frames 18-22 are re-sent without the target (painted over with the table), so the
+    tracker started from the correction on frame 23 finds nothing there: from the first frame
+    where its mask falls under lost_area x the stored one, the stored masks stay."""
+    frames, gt = scene
+    bare = frames.copy()
+    bare[18:23][gt[2, 18:23]] = frames[0][~gt[:, 0].any(0)].mean(0).astype(np.uint8)
+    results = {}
+    for lost_area in (0.5, 0.0):  # the default, and off
+        mgr, sid = session(ClassicalBackend(non_overlap=False, lost_area=lost_area), frames)
+        mgr.add_prompt(sid, 0, 1, mask=gt[2, 0])
+        mgr.propagate(sid, "forward")
+        before = all_masks(mgr, sid)[0]
+        mgr.put_frames(sid, 18, bare[18:23])
+        mgr.add_prompt(sid, 23, 1, mask=gt[2, 23])  # the correction: a new keyframe
+        mgr.propagate(sid, "both", bounded=True)
+        results[lost_area] = before, all_masks(mgr, sid)[0]
+    before, kept = results[0.5]
+    _, lost = results[0.0]
+    assert min(_iou(before[t], gt[2, t]) for t in range(12, 23)) > 0.8  # the stored masks
+    assert lost[20:23].sum() < 0.2 * gt[2, 20:23].sum()  # unguarded: the object is lost
+    assert np.array_equal(kept[12:23], before[12:23])  # guarded: the stored masks stay
+    assert np.array_equal(kept[23], gt[2, 23])
+
+
+def test_a_correction_that_shrinks_the_mask_carries_on(scene):
+    """The stored masks hold the target and the arm (one prompt on both); the correction on
+    frame 12 keeps the target alone, a quarter of the area. Its re-propagation is compared
+    with the stored masks scaled by that change, so it is not taken for a lost object: the
+    same masks as with the stop off, the arm gone."""
+    frames, gt = scene
+    out = {}
+    for lost_area in (0.5, 0.0):
+        mgr, sid = session(ClassicalBackend(non_overlap=False, lost_area=lost_area), frames)
+        both = gt[2, 0] | gt[0, 0] | gt[1, 0]
+        mgr.add_prompt(sid, 0, 1, mask=both)
+        mgr.propagate(sid, "forward")
+        before = all_masks(mgr, sid)[0]
+        mgr.add_prompt(sid, 12, 1, mask=gt[2, 12])
+        mgr.propagate(sid, "both", bounded=True)
+        out[lost_area] = before, all_masks(mgr, sid)[0]
+    before, after = out[0.5]
+    assert gt[2, 12].sum() < 0.5 * before[12].sum()  # a big change on the keyframe
+    assert np.array_equal(after, out[0.0][1])  # the stop did not fire
+    assert min(_iou(after[t], gt[2, t]) for t in range(7, 24)) > 0.7  # the target alone

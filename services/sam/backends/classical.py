@@ -24,6 +24,9 @@ How it works:
   non-overlap update of an object the other pass owns is tagged with that pass.
 - Bounded windows (a correction's re-propagation) compute only the objects and frames their
   `sources` give; the stored masks of the other objects on those frames compete for pixels.
+  A correction's re-propagation stops for an object where it loses it (option lost_area):
+  on the first frame whose new mask is under lost_area x the stored mask x the correction's
+  own area change on its keyframe, the stored masks stay, from there to the window's end.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class _Object:
     models: dict[int, ColourModel] = field(default_factory=dict)  # keyframe -> colour model
     results: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> (H, W8) packed
     version: int = 0  # bumped whenever its prompts or prompt masks change
+    # frame -> its stored mask's pixel count before the prompts added there since the last
+    # propagation (None: it had none); the correction's own area change (option lost_area)
+    before: dict[int, int | None] = field(default_factory=dict)
     done: tuple | None = None  # (version, ownership) of its last propagation
 
 
@@ -89,6 +95,20 @@ class _Object:
 class ClassicalState:
     frames: np.ndarray  # (T, H, W, 3) uint8, the session's store (read only here)
     objects: dict[int, _Object] = field(default_factory=dict)
+
+
+def _stored(obj: _Object, frame: int, w: int) -> np.ndarray:
+    """The object's stored (H, W) bool mask on `frame`."""
+    return np.unpackbits(obj.results[frame], axis=-1, count=w).astype(bool)
+
+
+def _area_change(obj: _Object, frame: int) -> float | None:
+    """Keyframe mask area / the stored mask's area before its prompts since the last
+    propagation; None when nothing was stored there (or it was empty)."""
+    before = obj.before.get(frame)
+    if not before:
+        return None
+    return np.count_nonzero(obj.keymasks[frame]) / before
 
 
 class ClassicalBackend(SamBackend):
@@ -112,6 +132,11 @@ class ClassicalBackend(SamBackend):
         threads: int | None = None,  # cv2.setNumThreads (None: OpenCV's default)
         tracker: str = "local",  # local: classical_track.py; flow_colour: the first tracker
         track: dict | None = None,  # classical_track.TrackOptions overrides (tracker local)
+        # a bounded re-propagation (a correction's) stops for an object on the first frame
+        # where its new mask is smaller than lost_area x the stored mask x the correction's
+        # own area change on its keyframe: the tracker lost the object there, and the stored
+        # masks stay from that frame to the window's end (0: off)
+        lost_area: float = 0.5,
     ) -> None:
         if device != "cpu":
             raise ValueError(f"device: the classical backend runs on 'cpu' only, got {device!r}")
@@ -125,6 +150,8 @@ class ClassicalBackend(SamBackend):
             )
         if flow_margin is not None and flow_margin < 0:
             raise ValueError(f"flow_margin: must be >= 0 or None (whole frame), got {flow_margin}")
+        if not 0 <= lost_area < 1:
+            raise ValueError(f"lost_area: must be in [0, 1) (0: off), got {lost_area}")
         if tracker not in ("local", "flow_colour"):
             raise ValueError(f"tracker: {tracker!r} is not one of ['flow_colour', 'local']")
         self.tracker = tracker
@@ -142,6 +169,7 @@ class ClassicalBackend(SamBackend):
         self.colour_rate = colour_rate
         self.grabcut_iters = grabcut_iters
         self.threads = threads
+        self.lost_area = lost_area
 
     def setup(self) -> None:
         if self.tracker == "local" and self.track["cut_weight"] > 0:
@@ -173,6 +201,9 @@ class ClassicalBackend(SamBackend):
         h, w = img.shape[:2]
         obj = st.objects.setdefault(obj_id, _Object())
         obj.version += 1
+        if frame not in obj.before:
+            r = obj.results.get(frame)
+            obj.before[frame] = int(np.bitwise_count(r).sum()) if r is not None else None
         p = obj.prompts.get(frame)
         if p is None:
             p = {"points": [], "labels": []}
@@ -305,6 +336,8 @@ class ClassicalBackend(SamBackend):
             o.done = sig
         for w in windows:
             yield from self._pass(st, w.direction, w.lo, w.hi, owners, fresh, skip, w.bounded)
+        for o in st.objects.values():  # its prompts are propagated: a new correction next
+            o.before.clear()
 
     @staticmethod
     def _owners(st: ClassicalState, windows: list[Window]) -> dict:
@@ -341,6 +374,9 @@ class ClassicalBackend(SamBackend):
         trackers: dict[int, ObjectTracker | None] = {}
         local = self.tracker == "local"
         prev_gray = None
+        guard: dict[int, float] = {}  # bounded: obj -> its correction's area change (lost_area)
+        lost: set[int] = set()  # bounded: objects that keep their stored masks from here on
+        guarded = bounded and self.lost_area > 0
         for t in range(first, last + step, step):
             img = st.frames[t]  # (H, W, 3) uint8
             g = gray(img)
@@ -356,9 +392,20 @@ class ClassicalBackend(SamBackend):
                     models[oid] = o.models[t]
                     tracks[oid] = Tracked(o.keymasks[t].copy(), fixed=True)
                     trackers.pop(oid, None)  # learnt from the keymask below, once final
+                    lost.discard(oid)
+                    guard.pop(oid, None)
+                    if guarded and (ratio := _area_change(o, t)) is not None:
+                        guard[oid] = ratio  # a correction's keyframe
+                    continue
+                if oid in lost:  # the correction's tracker lost it: the stored mask stays
+                    tracks[oid] = Tracked(_stored(o, t, w))
                     continue
                 if oid not in cur:  # continue an earlier result from just outside
-                    cur[oid] = np.unpackbits(o.results[t - step], axis=-1, count=w).astype(bool)
+                    cur[oid] = _stored(o, t - step, w)
+                    if guarded and t - step in o.keymasks:  # from a correction's keyframe
+                        ratio = _area_change(o, t - step)
+                        if ratio is not None:
+                            guard[oid] = ratio
                     if local:
                         f_prev = self._feat(st.frames[t - step])
                         if prev_gray is None:
@@ -399,6 +446,15 @@ class ClassicalBackend(SamBackend):
                     cur[oid], maps[0], maps[1], q, m, band=self.band, grow=self.grow,
                     sigma=self.sigma, colour_weight=self.colour_weight,
                 )  # fmt: skip
+            for oid, ratio in guard.items():
+                tr = tracks.get(oid)
+                if tr is None or tr.fixed or oid in lost or t not in st.objects[oid].results:
+                    continue
+                old = _stored(st.objects[oid], t, w)
+                a0 = np.count_nonzero(old)
+                if a0 and np.count_nonzero(tr.mask) < self.lost_area * ratio * a0:
+                    lost.add(oid)
+                    tracks[oid] = Tracked(old)
             changed: set[int] = set()
             if self.non_overlap and tracks:
                 # objects the other pass already computed on this frame compete too
@@ -427,7 +483,9 @@ class ClassicalBackend(SamBackend):
                 out[e][oid] = tr.mask
                 if oid not in changed:
                     cur[oid] = tr.mask
-                    if local and own[oid][t] >= 0:
+                    if oid in lost:
+                        pass  # tracked no further in this pass
+                    elif local and own[oid][t] >= 0:
                         self._learn(trackers, oid, tr, img, feat, g)
                     elif tr.sd is not None and not tr.fixed and models[oid] is not None:
                         models[oid] = models[oid].update(q, tr.mask, self.colour_rate)
