@@ -173,7 +173,9 @@ class ClassicalBackend(SamBackend):
 
     def setup(self) -> None:
         if self.tracker == "local" and self.track["cut_weight"] > 0:
-            check_solver()  # at start-up, not on the first propagated frame
+            # at start-up, not on the first propagated frame (builds the C max-flow once)
+            solver = check_solver(self.track["solver"])
+            log.info("classical backend: band cuts by %s max-flow", solver)
         if self.threads is not None:
             cv2.setNumThreads(self.threads)
         log.info(

@@ -1,6 +1,7 @@
 """Edge-aware decision of the classical tracker's band (classical_track.py, option
-`track.cut_weight`): a minimum cut of a two-label Markov random field, solved exactly with
-scipy's maximum flow (Dinic). numpy + OpenCV + scipy (imported when the cut is used).
+`track.cut_weight`): a minimum cut of a two-label Markov random field, solved exactly by a
+maximum flow (classical_maxflow: Boykov-Kolmogorov in C, maxflow.c, built on first use; or
+scipy's Dinic, option `track.solver`: the same cut). numpy + OpenCV (+ scipy for Dinic).
 
 Usage:
     out = band_cut(prob, inband, fixed, feat, weight=3.0)   # (h, w) bool
@@ -19,7 +20,8 @@ the size, so the flow takes about half the time.
 
 Measured with bench-vos (services/sam/README.md): mask J&F 0.629 -> 0.657 and box J&F 0.544 ->
 0.580 with cut_weight 3 and sigma 4 (the defaults) against thresholding with sigma 2.5, at
-about 2/3 of the speed.
+about 2/3 of the speed with scipy's Dinic; with the C solver the cuts are the same and cost
+about a third of Dinic's time (11-15 ms against 36-42 ms per cut on bench-vos's graphs).
 """
 
 from __future__ import annotations
@@ -27,22 +29,30 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from services.sam.backends.classical_maxflow import mincut, resolve
+
 EPS = 1e-3
 SCALE = 64.0  # capacities are integers: energy units x SCALE, rounded
 REACH = 4  # pixels: how far from the thresholded band's label changes the cut may move them
 NEEDS_SCIPY = (
-    "the classical backend's option track.cut_weight > 0 (the default) needs scipy: "
-    "pip install scipy, or set track: {cut_weight: 0, sigma: 2.5} (thresholding)"
+    "the classical backend's option track.cut_weight > 0 (the default) cuts with scipy here "
+    "(the C max-flow is not in use): pip install scipy, or set track: {cut_weight: 0, "
+    "sigma: 2.5} (thresholding)"
 )
 NEIGHBOURS = ((0, 1), (1, 0), (0, -1), (-1, 0))
 
 
-def check_solver() -> None:
-    """Raise ImportError (naming the option and the fix) when scipy is missing."""
-    try:
-        import scipy.sparse.csgraph  # noqa: F401
-    except ImportError as e:
-        raise ImportError(NEEDS_SCIPY) from e
+def check_solver(solver: str = "auto") -> str:
+    """The max-flow `solver` stands for here ("bk" or "scipy"; classical_maxflow.resolve,
+    which builds the C one on first use); ImportError (naming the option and the fix) when
+    that is scipy and scipy is missing."""
+    name = resolve(solver)
+    if name == "scipy":
+        try:
+            import scipy.sparse.csgraph  # noqa: F401
+        except ImportError as e:
+            raise ImportError(NEEDS_SCIPY) from e
+    return name
 
 
 def contrast_beta(feat: np.ndarray) -> float:
@@ -63,17 +73,13 @@ def band_cut(
     feat: np.ndarray,  # (h, w, c) or (h, w): the image features the contrast is taken on
     weight: float,
     reach: int | None = REACH,  # None: cut the whole band
+    solver: str = "auto",  # classical_maxflow: auto | bk | scipy (the same cut)
 ) -> np.ndarray:
     """(h, w) bool: the band's labels of least energy (see the module docstring); outside the
     band, `fixed`. weight <= 0: prob thresholded at 0.5."""
     thr = np.where(inband, prob > 0.5, fixed)
     if weight <= 0:  # the default: no work beyond the threshold
         return thr
-    try:
-        from scipy.sparse import csr_matrix
-        from scipy.sparse.csgraph import breadth_first_order, maximum_flow
-    except ImportError as e:  # pragma: no cover - scipy is in services/sam/requirements.txt
-        raise ImportError(NEEDS_SCIPY) from e
     free = inband
     if reach is not None:  # near a label change of the threshold
         lab = thr.view(np.uint8)
@@ -92,7 +98,7 @@ def band_cut(
     idx[ys, xs] = np.arange(n)
     ff = f.reshape(h * w, -1)
     fp = ff[ys * w + xs]
-    rows, cols, caps = [], [], []
+    tails, heads, caps = [], [], []  # free-free pairs, the same capacity both ways
     for oy, ox in NEIGHBOURS:
         qy, qx = ys + oy, xs + ox
         a = np.nonzero((qy >= 0) & (qy < h) & (qx >= 0) & (qx < w))[0]
@@ -102,31 +108,19 @@ def band_cut(
         wgt = weight * np.exp(-beta * np.einsum("ij,ij->i", d, d))
         if oy >= 0 and ox >= 0:  # free-free pairs, each once (from its left / upper pixel)
             both = j >= 0
-            rows += [a[both], j[both]]
-            cols += [j[both], a[both]]
-            caps += [wgt[both], wgt[both]]
+            tails.append(a[both])
+            heads.append(j[both])
+            caps.append(wgt[both])
         # next to a fixed pixel: disagreeing with its label costs the pair's weight
         sel = j < 0
         a, wgt, other = a[sel], wgt[sel], thr[qy[sel], qx[sel]]
         np.add.at(cost_bg, a[other], wgt[other])
         np.add.at(cost_fg, a[~other], wgt[~other])
     m = np.minimum(cost_bg, cost_fg)  # paid whatever the label: leaves the cut unchanged
-    s, t = n, n + 1  # source side = object
-    node = np.arange(n)
-    rows += [np.full(n, s), node]
-    cols += [node, np.full(n, t)]
-    caps += [cost_bg - m, cost_fg - m]
-    cap = np.round(np.concatenate(caps) * SCALE).astype(np.int32)
-    keep = cap > 0
-    g = csr_matrix(
-        (cap[keep], (np.concatenate(rows)[keep], np.concatenate(cols)[keep])), shape=(n + 2, n + 2)
-    )
-    g.sum_duplicates()
-    flow = maximum_flow(g, s, t, method="dinic").flow
-    resid = g - flow
-    resid.data = (resid.data > 0).astype(np.int8)
-    resid.eliminate_zeros()
-    obj = np.zeros(n + 2, bool)  # what the source still reaches: the object side of the cut
-    obj[breadth_first_order(resid, s, directed=True, return_predecessors=False)] = True
+    src = np.round((cost_bg - m) * SCALE).astype(np.int64)  # source side = object
+    snk = np.round((cost_fg - m) * SCALE).astype(np.int64)
+    tails, heads = np.concatenate(tails), np.concatenate(heads)
+    caps = np.round(np.concatenate(caps) * SCALE).astype(np.int32)
+    obj = mincut(tails, heads, caps, caps, src - snk, solver)
     thr[ys, xs] = obj[:n]  # thr is this call's own array
     return thr

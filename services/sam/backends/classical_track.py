@@ -66,6 +66,7 @@ import numpy as np
 
 from services.sam.backends.classical_cut import band_cut
 from services.sam.backends.classical_lines import LineSet, thin_parts
+from services.sam.backends.classical_maxflow import SOLVERS
 from services.sam.backends.classical_motion import (
     apart,
     beyond,
@@ -320,7 +321,7 @@ class ObjectTracker:
                 p["gf_radius"], p["gf_eps"],
             )  # fmt: skip
         # thresholded at 0.5, or (cut_weight > 0) an edge-aware minimum cut of the band
-        out = band_cut(prob, inband, core_b, feat_roi, p["cut_weight"])
+        out = band_cut(prob, inband, core_b, feat_roi, p["cut_weight"], solver=p["solver"])
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, disk(1))
         out = fill_holes(out.astype(bool), p["hole_frac"])
         out = keep_touching(out, core_b if hid is None else core_b | hid)
@@ -429,10 +430,19 @@ class TrackOptions:
     lines: bool = True  # track the mask's thin straight parts (a kite's lines) as line
     # segments (classical_lines), else the band's opening drops them
     cut_weight: float = 3.0  # > 0: the band is decided by a minimum cut with this pairwise
-    # weight (classical_cut.band_cut; needs scipy), 0: by thresholding at 0.5 (faster)
+    # weight (classical_cut.band_cut), 0: by thresholding at 0.5 (faster)
+    solver: str = "auto"  # the cut's max-flow (classical_maxflow): bk (C, built on first use),
+    # scipy (Dinic, the same cuts, slower), auto (bk when it builds here, else scipy)
     hole_frac: float = 0.0  # fill enclosed holes smaller than this fraction of the area
     l_weight: float = 0.25  # tracker features: lightness weight (classical_ops.features)
     ab_gain: float = 2.0  # tracker features: chroma gain
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(
+                f"track.solver: {self.solver!r} is not one of {list(SOLVERS)} (auto: the C "
+                "max-flow when it builds here, else scipy's)"
+            )
 
 
 DEFAULTS = asdict(TrackOptions())
