@@ -156,3 +156,22 @@ def test_a_positive_click_only_adds_to_the_mask():
     assert out[prior & inner].all()
     assert out[92:128, 42:62].all()  # the missed part joined
     assert np.count_nonzero(out & ~m) < 0.01 * m.sum()
+
+
+def test_a_click_after_a_box_edits_the_box_mask_near_it():
+    """Frame 0 prompted with a box, then a positive click in the object's patch of background
+    colours: the click edits the box's mask near it, like a click on any other frame. (GrabCut
+    on the box again with the click as a sure-object seed took the patch for the object and
+    the rest for background: IoU 0.03.)"""
+    img, m, patch = _two_tone()
+    be = ClassicalBackend()
+    st = be.init_state(np.stack([img, img]))
+    boxed = be.add_prompt(st, Prompt(0, 1, box=np.array([34, 34, 226, 186], np.float32)))[1]
+    assert iou(boxed, m) > 0.95 and not boxed[patch].any()
+    click = np.array([[84, 106]], np.float32), np.array([1], np.int32)
+    out = be.add_prompt(st, Prompt(0, 1, points=click[0], labels=click[1]))[1]
+    assert out[106, 84] and iou(out, m) >= iou(boxed, m)
+    yy, xx = np.mgrid[: m.shape[0], : m.shape[1]]
+    far = (yy - 106) ** 2 + (xx - 84) ** 2 > 60**2
+    assert np.count_nonzero((out != boxed) & far) < 0.001 * m.sum()  # the rest stays
+    assert np.array_equal(st.objects[1].keymasks[0], out)

@@ -12,6 +12,7 @@ How it works:
   a frame that already has a propagated mask refines that mask near the clicks, unless a
   positive click says the mask lost the object (none, or far from it): then the object is
   found again around the click from its shape on the nearest keyframe (classical_clicks).
+  Clicks sent after a box on the same frame edit the box's mask the same way, near them.
   A mask prompt is taken as is.
   Each prompted (object, frame) becomes a keyframe with its mask and a colour model.
 - propagate: dense optical flow (DIS) between neighbouring frames, computed once per frame
@@ -216,6 +217,7 @@ class ClassicalBackend(SamBackend):
             p.update(mask=mask, points=[], labels=[], box=None, prior=None)
         if box is not None:
             p["box"] = box
+            p.pop("box_mask", None)  # segmented again below, with the points so far
         if points is not None:
             p["points"].extend(points.tolist())
             p["labels"].extend(labels.tolist())
@@ -237,6 +239,11 @@ class ClassicalBackend(SamBackend):
             is not None
         ):  # a positive click on the object's colours where the mask lost it: found again
             pass
+        elif p.get("box_mask") is not None and p["box_mask"].any() and box is None:
+            # clicks after a box on this frame: edits of the box's mask near them, as on any
+            # other frame (not GrabCut on the box again with every click)
+            k = p["box_points"]
+            m = refine_with_clicks(features(img), p["box_mask"], pts[k:], lab[k:])
         elif p.get("box") is None and base is not None and base.any():
             rb = bbox(ref) if ref is not None else None
             size = max(rb[2] - rb[0], rb[3] - rb[1]) if rb is not None else 0
@@ -256,6 +263,8 @@ class ClassicalBackend(SamBackend):
                 exclude=self._others(st, frame, obj_id),
                 iters=self.grabcut_iters,
             )
+            if p.get("box") is not None:
+                p["box_mask"], p["box_points"] = m, len(pts)
         if not m.any():
             log.warning("obj %d frame %d: prompt produced an empty mask", obj_id, frame)
         q = quantise(img)
