@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import cv2
 import numpy as np
 
 from protocol.options import parse_options
-from services.sam.backends.base import PASSES, PassMasks, Prompt, SamBackend, Window
+from services.sam.backends.base import PassMasks, Prompt, SamBackend, Window
 from services.sam.backends.classical_clicks import is_lost, redetect, refine_with_clicks
 from services.sam.backends.classical_cut import check_solver
 from services.sam.backends.classical_ops import (
@@ -57,59 +57,25 @@ from services.sam.backends.classical_ops import (
     track_step,
 )
 from services.sam.backends.classical_prompt import segment_prompt
+from services.sam.backends.classical_state import (
+    ClassicalState,
+    ObjectState,
+    area_change,
+    object_like,
+    others_mask,
+    pass_owners,
+    reference,
+    stored,
+)
 from services.sam.backends.classical_track import ObjectTracker, TrackOptions
 
 log = logging.getLogger(__name__)
-
-# a click re-detects a lost object only where P(object | colour) on the nearest keyframe is
-# above this (keyframe masks from boxes hold background, so the object's own colours often
-# score 0.3-0.5; a background click on sky/grass scores below 0.2)
-OBJECT_LIKE = 0.25
-
-
-def _nearest(keys: list[int], frame: int) -> int | None:
-    """The keyframe of `keys` nearest to `frame` (ties: the earlier one), None if empty."""
-    return min(keys, key=lambda k: (abs(k - frame), k)) if keys else None
-
 
 PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
-
-
-@dataclass
-class _Object:
-    prompts: dict[int, dict] = field(default_factory=dict)  # frame -> accumulated prompt
-    keymasks: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> (H, W) bool
-    models: dict[int, ColourModel] = field(default_factory=dict)  # keyframe -> colour model
-    results: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> (H, W8) packed
-    version: int = 0  # bumped whenever its prompts or prompt masks change
-    # frame -> its stored mask's pixel count before the prompts added there since the last
-    # propagation (None: it had none); the correction's own area change (option lost_area)
-    before: dict[int, int | None] = field(default_factory=dict)
-    done: tuple | None = None  # (version, ownership) of its last propagation
-
-
-@dataclass
-class ClassicalState:
-    frames: np.ndarray  # (T, H, W, 3) uint8, the session's store (read only here)
-    objects: dict[int, _Object] = field(default_factory=dict)
-
-
-def _stored(obj: _Object, frame: int, w: int) -> np.ndarray:
-    """The object's stored (H, W) bool mask on `frame`."""
-    return np.unpackbits(obj.results[frame], axis=-1, count=w).astype(bool)
-
-
-def _area_change(obj: _Object, frame: int) -> float | None:
-    """Keyframe mask area / the stored mask's area before its prompts since the last
-    propagation; None when nothing was stored there (or it was empty)."""
-    before = obj.before.get(frame)
-    if not before:
-        return None
-    return np.count_nonzero(obj.keymasks[frame]) / before
 
 
 class ClassicalBackend(SamBackend):
@@ -202,7 +168,7 @@ class ClassicalBackend(SamBackend):
             raise ValueError("text: the classical backend has no text prompts; use sam3")
         img = st.frames[frame]  # (H, W, 3) uint8, a view of the store
         h, w = img.shape[:2]
-        obj = st.objects.setdefault(obj_id, _Object())
+        obj = st.objects.setdefault(obj_id, ObjectState())
         obj.version += 1
         if frame not in obj.before:
             r = obj.results.get(frame)
@@ -229,10 +195,10 @@ class ClassicalBackend(SamBackend):
             m = base
         elif (
             p.get("box") is None
-            and (ref := self._reference(obj, frame)) is not None
+            and (ref := reference(obj, frame)) is not None
             and (lab == 1).any()
             and (base is None or is_lost(base, pts, lab, ref))
-            and self._object_like(obj, frame, img, pts[lab == 1][0])
+            and object_like(obj, frame, img, pts[lab == 1][0])
             and (
                 m := redetect(feat := features(img), ref, pts, lab, base, iters=self.grabcut_iters)
             )
@@ -260,7 +226,7 @@ class ClassicalBackend(SamBackend):
                 lab if len(pts) else None,
                 prior=base,
                 appearance=obj.models[near] if near is not None else None,
-                exclude=self._others(st, frame, obj_id),
+                exclude=others_mask(st, frame, obj_id),
                 iters=self.grabcut_iters,
             )
             if p.get("box") is not None:
@@ -288,35 +254,6 @@ class ClassicalBackend(SamBackend):
                 out[oid] = other
         return out
 
-    @staticmethod
-    def _reference(obj: _Object, frame: int) -> np.ndarray | None:
-        """The object's mask on its nearest other keyframe (None: no other non-empty one)."""
-        k = _nearest([k for k, m in obj.keymasks.items() if k != frame and m.any()], frame)
-        return obj.keymasks[k] if k is not None else None
-
-    @staticmethod
-    def _object_like(obj: _Object, frame: int, img: np.ndarray, xy: np.ndarray) -> bool:
-        """Whether the colours around (x, y) could be the object's: P(object | colour) above
-        OBJECT_LIKE on its nearest other keyframe (its colour model; True when it has none)."""
-        k = _nearest([k for k, m in obj.models.items() if k != frame and m is not None], frame)
-        if k is None:
-            return True
-        model = obj.models[k]
-        x, y = int(xy[0]), int(xy[1])
-        patch = img[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3]
-        return float(model.lut[quantise(patch)].mean()) > OBJECT_LIKE
-
-    @staticmethod
-    def _others(st: ClassicalState, frame: int, obj_id: int) -> np.ndarray | None:
-        """(H, W) bool union of the other objects' masks on `frame`, or None."""
-        w = st.frames.shape[2]
-        out = None
-        for oid, o in st.objects.items():
-            if oid != obj_id and frame in o.results:
-                m = np.unpackbits(o.results[frame], axis=-1, count=w).astype(bool)
-                out = m if out is None else out | m
-        return out
-
     def remove_object(self, state, obj_id):
         state.objects.pop(obj_id, None)
         for o in state.objects.values():  # it no longer competes for pixels: recompute all
@@ -332,7 +269,7 @@ class ClassicalBackend(SamBackend):
     # ---- propagation -----------------------------------------------------------------
     def propagate(self, state, windows: list[Window]) -> Iterator[tuple[int, PassMasks]]:
         st: ClassicalState = state
-        owners = self._owners(st, windows)
+        owners = pass_owners(st, windows)
         fresh: dict[int, set[int]] = {}  # frame -> objects whose masks are current there
         skip: set[int] = set()
         # under non_overlap objects are tracked jointly: any change anywhere recomputes all
@@ -349,28 +286,6 @@ class ClassicalBackend(SamBackend):
             yield from self._pass(st, w.direction, w.lo, w.hi, owners, fresh, skip, w.bounded)
         for o in st.objects.values():  # its prompts are propagated: a new correction next
             o.before.clear()
-
-    @staticmethod
-    def _owners(st: ClassicalState, windows: list[Window]) -> dict:
-        """Per pass: {obj_id: (T,) int source distance, -1 where the pass does not own it},
-        from the windows' sources (the session layer's plan: the merge rule's owner of each
-        (object, frame), so each is computed once, by the pass whose result the session
-        keeps)."""
-        n = st.frames.shape[0]
-        dist: dict[str, dict[int, np.ndarray]] = {}
-        for d in PASSES:
-            mine = [w for w in windows if w.direction == d]
-            if not mine:
-                continue
-            dist[d] = {}
-            for oid in st.objects:
-                a = np.full(n, -1, np.int64)
-                for w in mine:
-                    src = w.sources.get(oid)
-                    if src is not None:
-                        a[w.lo : w.hi + 1] = src[w.lo : w.hi + 1]
-                dist[d][oid] = a
-        return dist
 
     def _pass(
         self, st, d, lo, hi, owners, fresh, skip, bounded=False
@@ -405,16 +320,16 @@ class ClassicalBackend(SamBackend):
                     trackers.pop(oid, None)  # learnt from the keymask below, once final
                     lost.discard(oid)
                     guard.pop(oid, None)
-                    if guarded and (ratio := _area_change(o, t)) is not None:
+                    if guarded and (ratio := area_change(o, t)) is not None:
                         guard[oid] = ratio  # a correction's keyframe
                     continue
                 if oid in lost:  # the correction's tracker lost it: the stored mask stays
-                    tracks[oid] = Tracked(_stored(o, t, w))
+                    tracks[oid] = Tracked(stored(o, t, w))
                     continue
                 if oid not in cur:  # continue an earlier result from just outside
-                    cur[oid] = _stored(o, t - step, w)
+                    cur[oid] = stored(o, t - step, w)
                     if guarded and t - step in o.keymasks:  # from a correction's keyframe
-                        ratio = _area_change(o, t - step)
+                        ratio = area_change(o, t - step)
                         if ratio is not None:
                             guard[oid] = ratio
                     if local:
@@ -461,7 +376,7 @@ class ClassicalBackend(SamBackend):
                 tr = tracks.get(oid)
                 if tr is None or tr.fixed or oid in lost or t not in st.objects[oid].results:
                     continue
-                old = _stored(st.objects[oid], t, w)
+                old = stored(st.objects[oid], t, w)
                 a0 = np.count_nonzero(old)
                 if a0 and np.count_nonzero(tr.mask) < self.lost_area * ratio * a0:
                     lost.add(oid)
