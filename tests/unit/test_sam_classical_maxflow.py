@@ -89,7 +89,7 @@ def fresh(monkeypatch, tmp_path):
     monkeypatch.setenv("MASKMESH_CACHE", str(tmp_path))
     monkeypatch.setattr(mf, "_lib", None)
     monkeypatch.setattr(mf, "_error", None)
-    monkeypatch.setattr(mf.resolve, "_warned", False, raising=False)
+    monkeypatch.setattr(mf, "_warned", False)
     return tmp_path
 
 

@@ -66,6 +66,7 @@ from services.sam.backends.classical_state import (
     pass_owners,
     reference,
     stored,
+    stored_area,
 )
 from services.sam.backends.classical_track import ObjectTracker, TrackOptions
 
@@ -171,13 +172,12 @@ class ClassicalBackend(SamBackend):
         obj = st.objects.setdefault(obj_id, ObjectState())
         obj.version += 1
         if frame not in obj.before:
-            r = obj.results.get(frame)
-            obj.before[frame] = int(np.bitwise_count(r).sum()) if r is not None else None
+            obj.before[frame] = stored_area(obj, frame) if frame in obj.results else None
         p = obj.prompts.get(frame)
         if p is None:
             p = {"points": [], "labels": []}
             if frame in obj.results:  # refine what propagation produced on this frame
-                p["prior"] = np.unpackbits(obj.results[frame], axis=-1, count=w).astype(bool)
+                p["prior"] = stored(obj, frame, w)
             obj.prompts[frame] = p
         if mask is not None:
             p.update(mask=mask, points=[], labels=[], box=None, prior=None)
@@ -242,7 +242,7 @@ class ClassicalBackend(SamBackend):
             for oid, o in st.objects.items():
                 if oid == obj_id or frame not in o.results:
                     continue
-                other = np.unpackbits(o.results[frame], axis=-1, count=w).astype(bool)
+                other = stored(o, frame, w)
                 if not (other & m).any():
                     continue
                 other &= ~m
@@ -376,11 +376,10 @@ class ClassicalBackend(SamBackend):
                 tr = tracks.get(oid)
                 if tr is None or tr.fixed or oid in lost or t not in st.objects[oid].results:
                     continue
-                old = stored(st.objects[oid], t, w)
-                a0 = np.count_nonzero(old)
+                a0 = stored_area(st.objects[oid], t)  # a popcount: unpacked only when lost
                 if a0 and np.count_nonzero(tr.mask) < self.lost_area * ratio * a0:
                     lost.add(oid)
-                    tracks[oid] = Tracked(old)
+                    tracks[oid] = Tracked(stored(st.objects[oid], t, w))
             changed: set[int] = set()
             if self.non_overlap and tracks:
                 # objects the other pass already computed on this frame compete too
@@ -388,9 +387,7 @@ class ClassicalBackend(SamBackend):
                 if bounded:  # objects this call does not recompute here keep their masks
                     near |= {oid for oid, o in st.objects.items() if t in o.results}
                 others = {
-                    oid: Tracked(
-                        np.unpackbits(st.objects[oid].results[t], axis=-1, count=w).astype(bool)
-                    )
+                    oid: Tracked(stored(st.objects[oid], t, w))
                     for oid in near
                     if oid not in tracks and oid in st.objects
                 }
@@ -409,8 +406,8 @@ class ClassicalBackend(SamBackend):
                 out[e][oid] = tr.mask
                 if oid not in changed:
                     cur[oid] = tr.mask
-                    if oid in lost:
-                        pass  # tracked no further in this pass
+                    if oid in lost:  # tracked no further in this pass: nothing to learn
+                        pass
                     elif local and own[oid][t] >= 0:
                         self._learn(trackers, oid, tr, img, feat, g)
                     elif tr.sd is not None and not tr.fixed and models[oid] is not None:

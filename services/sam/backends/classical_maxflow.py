@@ -37,6 +37,7 @@ SOLVERS = ("auto", "bk", "scipy")
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None  # why the C solver is not available (None: not tried yet / ok)
+_warned = False  # the fallback to scipy has been logged
 
 
 def cache_dir() -> Path:
@@ -76,6 +77,8 @@ def build() -> Path:
 def _load() -> ctypes.CDLL | None:
     """The C solver, built and loaded once per process; None (and _error) when it cannot be."""
     global _lib, _error
+    if _lib is not None:  # every cut asks: no lock once it is loaded
+        return _lib
     with _lock:
         if _lib is not None or _error is not None:
             return _lib
@@ -105,8 +108,9 @@ def resolve(solver: str) -> str:
             f"track.solver 'bk': the C max-flow (maxflow.c) is not available: {_error}; "
             "install a C compiler (apt install gcc), or set track: {solver: scipy}"
         )
-    if not getattr(resolve, "_warned", False):
-        resolve._warned = True
+    global _warned
+    if not _warned:
+        _warned = True
         log.warning("C max-flow not available (%s): scipy's Dinic cuts instead (same cuts, "
                     "about 2x slower per cut)", _error)  # fmt: skip
     return "scipy"
@@ -132,7 +136,7 @@ def mincut(
         ptr = [a.ctypes.data for a in (t, h, c, r, tr, side)]
         if _lib.mm_mincut(n, len(t), *ptr) < 0:
             raise MemoryError(f"maxflow.c: out of memory for a graph of {n} nodes")
-        return side.astype(bool)
+        return side.view(bool)  # 0 / 1 bytes
     return _scipy_mincut(tails, heads, caps, rcaps, terminal)
 
 

@@ -53,6 +53,11 @@ def stored(obj: ObjectState, frame: int, w: int) -> np.ndarray:
     return np.unpackbits(obj.results[frame], axis=-1, count=w).astype(bool)
 
 
+def stored_area(obj: ObjectState, frame: int) -> int:
+    """Pixels of the object's stored mask on `frame` (a popcount of the packed bits)."""
+    return int(np.bitwise_count(obj.results[frame]).sum())
+
+
 def area_change(obj: ObjectState, frame: int) -> float | None:
     """Keyframe mask area / the stored mask's area before its prompts since the last
     propagation; None when nothing was stored there (or it was empty)."""
@@ -86,7 +91,7 @@ def others_mask(st: ClassicalState, frame: int, obj_id: int) -> np.ndarray | Non
     out = None
     for oid, o in st.objects.items():
         if oid != obj_id and frame in o.results:
-            m = np.unpackbits(o.results[frame], axis=-1, count=w).astype(bool)
+            m = stored(o, frame, w)
             out = m if out is None else out | m
     return out
 

@@ -2,7 +2,7 @@
 band around the warped boundary from a shape prior, colour models, motion evidence, an
 edge-aware (guided) filter and a minimum cut, with occluded parts carried by the object's
 motion and thin straight parts tracked as lines.
-numpy + OpenCV (+ scipy for the cut), deterministic.
+numpy + OpenCV (+ the cut's max-flow: C, or scipy's), deterministic.
 
 Usage:
     tr = ObjectTracker.start(feat_key, mask_key, params, lum_key)   # at a keyframe
