@@ -175,3 +175,19 @@ def test_a_click_after_a_box_edits_the_box_mask_near_it():
     far = (yy - 106) ** 2 + (xx - 84) ** 2 > 60**2
     assert np.count_nonzero((out != boxed) & far) < 0.001 * m.sum()  # the rest stays
     assert np.array_equal(st.objects[1].keymasks[0], out)
+
+
+def test_a_click_after_a_mask_that_replaced_a_box_edits_that_mask():
+    """Box, then a mask prompt on the same frame (it replaces the box), then a click: the
+    click edits the mask prompt, not the box's earlier mask."""
+    img, m, patch = _two_tone()
+    be = ClassicalBackend()
+    st = be.init_state(np.stack([img, img]))
+    be.add_prompt(st, Prompt(0, 1, box=np.array([34, 34, 226, 186], np.float32)))
+    given = m.copy()
+    given[:, 130:] = False  # the user's mask: the object's left half
+    assert np.array_equal(be.add_prompt(st, Prompt(0, 1, mask=given))[1], given)
+    click = np.array([[60, 60]], np.float32), np.array([0], np.int32)  # a removal, near a corner
+    out = be.add_prompt(st, Prompt(0, 1, points=click[0], labels=click[1]))[1]
+    assert not out[:, 140:].any()  # the right half, absent from the mask prompt, stays out
+    assert np.count_nonzero(out & given) > 0.7 * given.sum()

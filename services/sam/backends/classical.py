@@ -179,8 +179,8 @@ class ClassicalBackend(SamBackend):
             if frame in obj.results:  # refine what propagation produced on this frame
                 p["prior"] = stored(obj, frame, w)
             obj.prompts[frame] = p
-        if mask is not None:
-            p.update(mask=mask, points=[], labels=[], box=None, prior=None)
+        if mask is not None:  # replaces the frame's earlier prompts, a box's mask too
+            p.update(mask=mask, points=[], labels=[], box=None, prior=None, box_mask=None)
         if box is not None:
             p["box"] = box
             p.pop("box_mask", None)  # segmented again below, with the points so far
